@@ -1,0 +1,62 @@
+"""Where a run's files go and how figures reach the loggers; shared by the callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lightning_diffusion.plotting import save_figure
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run folder (outputs/<experiment>/<version>): `trainer.log_dir` without its collective broadcast,
+    so rank-zero-only code may call it."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return Path(logger.log_dir)
+    return Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `path` with a -1, -2, ... suffix if it exists: nothing a user has is overwritten."""
+    candidate, i = path, 0
+    while candidate.exists():
+        i += 1
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+    return candidate
+
+
+def log_figure(trainer: L.Trainer, key: str, fig: Figure, filename: str) -> Path:
+    """Save `fig` as run_dir/plots/<filename> and send it to every logger that takes images, under `key`."""
+    path = save_figure(fig, free_path(run_dir(trainer) / "plots" / filename))
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):  # WandbLogger
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(key, fig, global_step=trainer.global_step)
+    return path
+
+
+def real_points(trainer: L.Trainer, num_samples: int) -> Tensor:
+    """The first `num_samples` validation points (model space)."""
+    chunks, n = [], 0
+    for batch in trainer.datamodule.val_dataloader():
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch["x"] if isinstance(batch, dict) else batch
+        chunks.append(x)
+        n += len(x)
+        if n >= num_samples:
+            break
+    return torch.cat(chunks)[:num_samples]
+
+
+def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """On rank zero, outside the sanity check, every `every_n_epochs` epochs and at the last one."""
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return False
+    epoch = trainer.current_epoch + 1
+    return epoch % every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0) or bool(trainer.fast_dev_run)

@@ -1,0 +1,104 @@
+"""`python -m lightning_diffusion fit|validate|test|predict --config configs/<experiment>.yaml`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.module import DiffusionModule
+
+# Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
+SAMPLING_OPTIONS = ("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed")
+
+
+class DiffusionCLI(LightningCLI):
+    """LightningCLI with the data linked into the model and every run under <output_dir>/<experiment>/<version>."""
+
+    def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        super().__init__(
+            DiffusionModule,
+            DiffusionDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the optimizer is an argument of DiffusionModule
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--experiment",
+            type=Optional[str],
+            default=None,
+            help="Name of the experiment: runs go to <output_dir>/<experiment>/version_N (default: the config's file name).",
+        )
+        parser.add_argument(
+            "--output_dir",
+            type=str,
+            default="outputs",
+            help="Root folder of all run artifacts; the CSV/TensorBoard loggers write to <output_dir>/<experiment>.",
+        )
+        # What the model must agree with comes from the data, never typed twice.
+        for source, targets in {
+            "data.sample_shape": ("model.sample_shape", "model.denoiser.init_args.sample_shape"),
+            "data.num_classes": ("model.num_classes", "model.denoiser.init_args.num_classes"),
+            "data.data_mean": ("model.data_mean",),
+            "data.data_std": ("model.data_std",),
+        }.items():
+            for target in targets:
+                parser.link_arguments(source, target, apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning lays a checkpoint's hyperparameters over the command line; keep the sampling options given here.
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        model = self.config[subcommand].model
+        given = {name: model[name] for name in SAMPLING_OPTIONS}
+        super()._parse_ckpt_path()
+        for name, value in given.items():
+            self.config[subcommand].model[name] = value
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.experiment is None:
+            config_files = config.get("config") or []
+            config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
+        config.trainer.default_root_dir = str(Path(config.output_dir) / config.experiment)
+        if config.trainer.logger in (None, True):  # CSV metrics in outputs/<experiment>/version_N
+            config.trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        for logger in loggers:  # every run goes under <output_dir>/<experiment>, also when a saved config is reused
+            if isinstance(logger, Namespace) and logger.class_path.rsplit(".", 1)[-1] in ("CSVLogger", "TensorBoardLogger"):
+                logger.init_args.save_dir = config.output_dir
+                logger.init_args.name = config.experiment
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # a configuration the constructors reject: one sentence, no traceback
+            sys.stderr.write(f"error: {error}\n")
+            raise SystemExit(2) from error
+
+    def _announce(self) -> None:
+        config = self.config[self.subcommand]
+        trainer = self.trainer
+        run = trainer.logger.log_dir if trainer.logger is not None and hasattr(trainer.logger, "log_dir") else None
+        rank_zero_info(
+            f"lightning-diffusion {self.subcommand}: experiment {config.experiment!r}, seed {config.seed_everything}, "
+            f"device {trainer.strategy.root_device} x{trainer.world_size}, precision {trainer.precision}, "
+            f"run folder {run or trainer.default_root_dir}"
+        )
+
+    before_fit = before_validate = before_test = before_predict = _announce
+
+
+def main(args: Optional[list[str]] = None) -> DiffusionCLI:
+    """Entry point; `args` lets tests drive the real CLI in-process."""
+    return DiffusionCLI(args=args)

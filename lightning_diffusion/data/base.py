@@ -1,0 +1,81 @@
+"""What every DataModule of the framework shares: the contract with the model and the predict requests."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class SampleRequests(Dataset):
+    """`predict` generates samples rather than reading data: item i is the class label of sample i (-1: none)."""
+
+    def __init__(self, num_samples: int, class_labels: Optional[list[int]] = None) -> None:
+        self.num_samples = num_samples
+        self.class_labels = class_labels
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(self.class_labels[i % len(self.class_labels)] if self.class_labels else -1)
+
+
+class DiffusionDataModule(L.LightningDataModule):
+    """Base class of the framework's DataModules.
+
+    Subclasses define ``sample_shape``, ``num_classes``, ``data_mean`` and ``data_std`` (the CLI links them
+    into the model, so the two cannot disagree) and yield batches ``(x,)`` or ``(x, y)`` with x in model space.
+
+    Args:
+        batch_size: Samples per batch (per device).
+        num_workers: DataLoader worker processes.
+        predict_num_samples: How many samples ``predict`` generates.
+        predict_class_labels: Class labels for ``predict``, cycled over the samples (``None``: all classes in turn
+            for a conditional model, no labels otherwise).
+    """
+
+    class_names: Optional[list[str]] = None
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        predict_num_samples: int = 1000,
+        predict_class_labels: Optional[list[int]] = None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.predict_num_samples = predict_num_samples
+        self.predict_class_labels = predict_class_labels
+
+    # The contract with the model, linked by the CLI.
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return None
+
+    @property
+    def data_mean(self) -> list[float]:
+        """Per-channel mean that maps model space back to data space: x_data = x * std + mean."""
+        raise NotImplementedError
+
+    @property
+    def data_std(self) -> list[float]:
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> DataLoader:
+        labels = self.predict_class_labels
+        if labels is None and self.num_classes:
+            labels = list(range(self.num_classes))
+        if labels and self.num_classes and not all(0 <= c < self.num_classes for c in labels):
+            raise ValueError(
+                f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset."
+            )
+        return DataLoader(SampleRequests(self.predict_num_samples, labels), batch_size=self.batch_size)

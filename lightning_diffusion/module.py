@@ -1,0 +1,286 @@
+"""DiffusionModule: a pluggable denoiser trained against a pluggable diffusers noise schedule."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence, Union
+
+import diffusers
+import lightning as L
+import torch
+from diffusers import SchedulerMixin
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_diffusion import diffusion
+from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
+from lightning_diffusion.metrics import sliced_wasserstein
+
+Batch = Union[Tensor, Sequence[Tensor], dict]
+
+
+def sampler_class(name: str) -> type[SchedulerMixin]:
+    """The diffusers scheduler class called `name`, or a one-sentence error."""
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(
+            f"Unknown sampler {name!r}: use a diffusers scheduler class name such as DDPMScheduler, DDIMScheduler, "
+            "DPMSolverMultistepScheduler, EulerDiscreteScheduler or UniPCMultistepScheduler."
+        )
+    return cls
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains a denoiser on the forward process of a diffusers scheduler and samples with any diffusers sampler.
+
+    Args:
+        denoiser: The network, ``forward(x_t, t, class_labels=None)``; it predicts what ``prediction_type`` says.
+        scheduler: The noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
+            DDPMScheduler); its own ``prediction_type`` is ignored in favour of this module's.
+        prediction_type: The training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or ``v_prediction``
+            (Salimans & Ho 2022).
+        loss_weighting: ``uniform`` (the simple loss) or ``min_snr`` (Hang et al. 2023).
+        min_snr_gamma: The gamma of min-SNR weighting.
+        sampler: Class name of the diffusers scheduler used for generation, built fresh from the training
+            scheduler's config for every call (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...).
+        sampler_kwargs: Extra config of the sampler, e.g. ``{timestep_spacing: trailing}``.
+        num_inference_steps: Sampling steps.
+        guidance_scale: Classifier-free guidance scale at sampling (1: conditional, 0: unconditional).
+        label_dropout: Probability of replacing a label by the null label in training (classifier-free guidance).
+        optimizer: Optimizer, given the parameters.
+        lr_scheduler: Learning-rate scheduler, given the optimizer (``None``: constant).
+        lr_scheduler_interval: Step the learning-rate scheduler every ``step`` or every ``epoch``.
+        val_num_samples: Samples generated at the end of each validation to compute ``val/swd`` against held-out
+            data, and its real-vs-real floor ``val/swd_floor`` (0: off).
+        sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
+        sample_shape: Shape of one sample; linked from the data by the CLI.
+        num_classes: Number of classes of a conditional model (``None``: unconditional); linked from the data.
+        data_mean: Per-channel mean that maps model space to data space (x * std + mean); linked from the data.
+        data_std: Per-channel standard deviation, likewise.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        scheduler: SchedulerMixin,
+        prediction_type: PredictionType = "epsilon",
+        loss_weighting: LossWeighting = "uniform",
+        min_snr_gamma: float = 5.0,
+        sampler: str = "DDPMScheduler",
+        sampler_kwargs: Optional[dict[str, Any]] = None,
+        num_inference_steps: int = 1000,
+        guidance_scale: float = 1.0,
+        label_dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
+        val_num_samples: int = 0,
+        sample_seed: int = 0,
+        sample_shape: tuple[int, ...] = (2,),
+        num_classes: Optional[int] = None,
+        data_mean: Optional[list[float]] = None,
+        data_std: Optional[list[float]] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Built in Python rather than by the CLI: the objects themselves are not hyperparameters (the weights are in
+        # the state_dict); load such a checkpoint with load_from_checkpoint(path, denoiser=..., scheduler=...).
+        for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):
+            if not isinstance(self.hparams.get(name), (dict, type(None))):
+                self.hparams.pop(name)
+
+        if getattr(scheduler, "alphas_cumprod", None) is None:
+            raise ValueError(
+                f"The training scheduler {type(scheduler).__name__} has no alphas_cumprod: use a DDPM-family "
+                "scheduler such as DDPMScheduler for training and choose the sampler with `sampler`."
+            )
+        self._sampler_class = sampler_class(sampler)
+        num_train_timesteps = scheduler.config.num_train_timesteps
+        if not 0 < num_inference_steps <= num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
+        denoiser_classes = getattr(denoiser, "num_classes", num_classes)
+        if denoiser_classes != num_classes:
+            raise ValueError(
+                f"The denoiser has num_classes={denoiser_classes} but the data has {num_classes}: "
+                "let the CLI link them, or pass the same value to both."
+            )
+        if guidance_scale != 1.0 and not num_classes:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes).")
+
+        if guidance_scale != 1.0 and label_dropout == 0.0:
+            rank_zero_warn("guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise.")
+
+        self.denoiser = denoiser
+        self.scheduler = scheduler
+        self.optimizer_fn = optimizer
+        self.lr_scheduler_fn = lr_scheduler
+        self.prediction_type = prediction_type
+        self.sample_shape = tuple(sample_shape)
+        self.num_classes = num_classes
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
+        stats_shape = (1, -1, *([1] * (len(self.sample_shape) - 1)))  # broadcasts over (B, C, ...) or (B, D)
+        mean = torch.tensor(data_mean if data_mean is not None else [0.0]).view(stats_shape)
+        std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
+        self.register_buffer("data_mean", mean, persistent=False)
+        self.register_buffer("data_std", std, persistent=False)
+        self._val_points: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
+
+    # ---------------------------------------------------------------- sampling
+
+    def make_sampler(self, name: Optional[str] = None) -> SchedulerMixin:
+        """A fresh sampler from the training scheduler's config, so the betas always agree."""
+        cls = sampler_class(name) if name is not None else self._sampler_class
+        kwargs = {**(self.hparams.sampler_kwargs or {}), "prediction_type": self.prediction_type}
+        return cls.from_config(self.scheduler.config, **kwargs)
+
+    def to_data_space(self, x: Tensor) -> Tensor:
+        return x * self.data_std + self.data_mean
+
+    def _class_labels(self, num_samples: int, class_labels: Union[None, int, Sequence[int], Tensor]) -> Optional[Tensor]:
+        if not self.num_classes:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but the model is unconditional (num_classes is None).")
+            return None
+        if class_labels is None:  # every class in turn
+            return torch.arange(num_samples, device=self.device) % self.num_classes
+        labels = torch.as_tensor(class_labels, device=self.device).long().flatten()
+        labels = labels.expand(num_samples) if labels.numel() == 1 else labels
+        if labels.numel() != num_samples or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(
+                f"class_labels must be {num_samples} labels (or one) in [0, {self.num_classes - 1}], "
+                f"got {labels.numel()} in [{labels.min().item()}, {labels.max().item()}]."
+            )
+        return labels
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        class_labels: Union[None, int, Sequence[int], Tensor] = None,
+        num_inference_steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        generator: Optional[torch.Generator] = None,
+        guidance_scale: Optional[float] = None,
+        callback: Optional[StepCallback] = None,
+        data_space: bool = True,
+        noise: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Generate `num_samples` samples (in data space unless `data_space=False`).
+
+        `sampler`, `num_inference_steps` and `guidance_scale` override the configured ones for this call;
+        `generator` (a CPU generator) makes the result reproducible, as does a given x_T `noise`; conditional
+        models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every step.
+        """
+        labels = self._class_labels(num_samples, class_labels)
+        if noise is None:
+            noise = torch.randn((num_samples, *self.sample_shape), generator=generator)
+        noise = noise.to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            x0 = diffusion.sample(
+                self.denoiser,
+                self.make_sampler(sampler),
+                noise,
+                num_inference_steps or self.hparams.num_inference_steps,
+                class_labels=labels,
+                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
+                null_label=self.num_classes,
+                generator=generator,
+                callback=callback,
+            )
+        finally:
+            self.train(was_training)
+        return self.to_data_space(x0) if data_space else x0
+
+    # ---------------------------------------------------------------- training
+
+    def _unpack(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
+        if isinstance(batch, dict):
+            x, y = batch["x"], batch.get("y")
+        elif isinstance(batch, (tuple, list)):
+            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            x, y = batch, None
+        if not self.num_classes:
+            return x, None
+        if y is None:
+            raise ValueError(f"The model is conditional (num_classes={self.num_classes}) but the batches carry no labels.")
+        return x, y
+
+    def forward(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
+        return self.denoiser(x_t, t, class_labels)
+
+    def _loss(self, x0: Tensor, y: Optional[Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
+        t = eps = None
+        if generator is not None:  # fixed t and eps: a validation loss comparable across epochs
+            t = torch.randint(0, self.alphas_cumprod.numel(), (x0.shape[0],), generator=generator).to(self.device)
+            eps = torch.randn(x0.shape, generator=generator).to(self.device)
+        return diffusion.diffusion_loss(
+            self.denoiser,
+            x0,
+            self.alphas_cumprod,
+            self.prediction_type,
+            self.hparams.loss_weighting,
+            self.hparams.min_snr_gamma,
+            class_labels=y,
+            t=t,
+            eps=eps,
+        )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x0, y = self._unpack(batch)
+        if y is not None and self.hparams.label_dropout > 0:  # train the unconditional model too (CFG)
+            drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        loss = self._loss(x0, y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x0, y = self._unpack(batch)
+        loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        if self.hparams.val_num_samples and sum(len(p) for p in self._val_points) < 2 * self.hparams.val_num_samples:
+            self._val_points.append(x0.detach())
+            if y is not None:
+                self._val_labels.append(y.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        points, labels = self._val_points, self._val_labels
+        self._val_points, self._val_labels = [], []
+        if not points or self.trainer.sanity_checking:
+            return
+        real = torch.cat(points)
+        m = min(self.hparams.val_num_samples, len(real) // 2)
+        real_a, real_b = real[:m], real[m : 2 * m]
+        class_labels = torch.cat(labels)[:m] if labels else None  # same class proportions as real_a
+        generator = torch.Generator().manual_seed(self.hparams.sample_seed)
+        generated = self.sample(m, class_labels=class_labels, generator=generator, data_space=False)
+        swd = sliced_wasserstein(generated, real_a)
+        floor = sliced_wasserstein(real_b, real_a)
+        self.log_dict({"val/swd": swd, "val/swd_floor": floor, "val/swd_ratio": swd / floor}, sync_dist=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        x0, y = self._unpack(batch)
+        loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("test/loss", loss, sync_dist=True, batch_size=x0.shape[0])
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Optional[Tensor]]:
+        """`batch` holds the class label of each requested sample (-1: none; see data.SampleRequests)."""
+        labels = batch.long() if self.num_classes else None
+        if labels is not None and (labels < 0).any():
+            labels = torch.arange(len(batch), device=self.device) % self.num_classes
+        generator = torch.Generator().manual_seed(self.hparams.sample_seed + batch_idx)
+        samples = self.sample(len(batch), class_labels=labels, generator=generator)
+        return {"samples": samples.cpu(), "class_labels": None if labels is None else labels.cpu()}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_fn(self.parameters())
+        if self.lr_scheduler_fn is None:
+            return optimizer
+        scheduler = self.lr_scheduler_fn(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}

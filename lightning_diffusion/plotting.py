@@ -1,0 +1,95 @@
+"""Pure plotting: tensors in, matplotlib Figures out. No Lightning here.
+
+Figures are built with `matplotlib.figure.Figure` (not pyplot), so nothing depends on a display or a global state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+REAL_COLOR, GENERATED_COLOR, TRACKED_COLOR = "tab:blue", "tab:orange", "tab:green"
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+def scatter_figure(real: Tensor, generated: Tensor, title: str = "") -> Figure:
+    """Generated (N, 2) against real (M, 2) points, side by side and overlaid on the same axes limits."""
+    real, generated = _np(real), _np(generated)
+    both = np.concatenate([real, generated])
+    lo, hi = np.percentile(both, 0.5, axis=0), np.percentile(both, 99.5, axis=0)
+    pad = 0.1 * (hi - lo)
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    for ax, (name, points, color) in zip(
+        axes, [("real", real, REAL_COLOR), ("generated", generated, GENERATED_COLOR), ("overlay", None, None)]
+    ):
+        if points is None:
+            ax.scatter(real[:, 0], real[:, 1], s=2, c=REAL_COLOR, alpha=0.4, label="real")
+            ax.scatter(generated[:, 0], generated[:, 1], s=2, c=GENERATED_COLOR, alpha=0.4, label="generated")
+            ax.legend(loc="upper right", markerscale=4, fontsize=7)
+        else:
+            ax.scatter(points[:, 0], points[:, 1], s=2, c=color, alpha=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_aspect("equal", adjustable="box")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def trajectory_figure(
+    forward: Sequence[tuple[int, Tensor]],
+    reverse: Sequence[tuple[int, Tensor]],
+    tracked_index: int = 0,
+    title: str = "",
+    limit: float = 3.5,
+) -> Figure:
+    """Two rows of 2D clouds: the forward noising q(x_t | x0) and the reverse denoising, with one point in green.
+
+    `forward` and `reverse` are lists of (timestep, points (N, 2)); the same `tracked_index` is drawn in every panel.
+    """
+    columns = max(len(forward), len(reverse))
+    fig = Figure(figsize=(1.8 * columns, 4.0), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, columns, sharex=True, sharey=True, squeeze=False))
+    for row, (name, frames) in enumerate([("forward", forward), ("reverse", reverse)]):
+        for col in range(columns):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlim(-limit, limit)
+            ax.set_ylim(-limit, limit)
+            ax.set_aspect("equal")
+            if col >= len(frames):
+                ax.axis("off")
+                continue
+            t, points = frames[col]
+            points = _np(points)
+            ax.scatter(points[:, 0], points[:, 1], s=1, c=REAL_COLOR if row == 0 else GENERATED_COLOR, alpha=0.4)
+            ax.scatter(*points[tracked_index], s=40, c=TRACKED_COLOR, edgecolors="black", linewidths=0.5, zorder=3)
+            ax.set_title(f"{name} t={int(t)}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Write `fig` as a PNG, creating the folder; never overwrites an existing file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists: plots are never overwritten, choose another run folder.")
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), both ends included."""
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})

@@ -1,0 +1,57 @@
+"""The real CLI, in-process: every config runs, bad input fails in one sentence before training."""
+
+import pytest
+import yaml
+
+from conftest import CONFIGS
+
+FAST_2D = ["--trainer.fast_dev_run", "true"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path):
+    cli = run_cli("fit", "--config", str(config), *FAST_2D)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    plots = list((tmp_path / "outputs").rglob("*.png"))
+    assert plots, "the plotting callbacks wrote nothing"
+
+
+def test_help_shows_every_option_with_its_docstring(run_cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--help")
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # help wraps lines
+    for option in ["--model.prediction_type", "--model.sampler", "--model.val_num_samples", "--experiment", "--data"]:
+        assert option in text
+    assert "Class name of the diffusers scheduler used for generation" in text
+
+
+def test_print_config_shows_linked_model(run_cli, capsys):
+    from conftest import REPO
+
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", str(REPO / "configs/moons.yaml"), "--print_config")
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["denoiser"]["class_path"] == "lightning_diffusion.denoisers.MLPDenoiser"
+    assert config["data"]["init_args"]["dataset"] == "moons" and config["seed_everything"] == 0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--data.init_args.dataset", "spiral"], "spiral"),
+        (["--model.not_an_option", "1"], "not_an_option"),
+        (["--model.sampler", "NoSuchScheduler"], "Unknown sampler 'NoSuchScheduler'"),
+        (["--model.num_inference_steps", "5000"], "num_inference_steps must be in [1, 1000]"),
+        (["--model.guidance_scale", "3.0"], "needs a conditional model"),
+    ],
+)
+def test_bad_input_is_one_sentence_before_training(run_cli, capsys, tmp_path, override, message):
+    from conftest import REPO
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", str(REPO / "configs/moons.yaml"), *override)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))  # nothing ran
