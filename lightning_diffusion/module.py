@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal, Optional, Sequence, Union
 
 import diffusers
@@ -82,7 +83,9 @@ class DiffusionModule(L.LightningModule):
         data_std: Optional[list[float]] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # objects given from Python are dropped just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         # Built in Python rather than by the CLI: the objects themselves are not hyperparameters (the weights are in
         # the state_dict); load such a checkpoint with load_from_checkpoint(path, denoiser=..., scheduler=...).
         for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):

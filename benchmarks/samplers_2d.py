@@ -1,0 +1,83 @@
+"""Sample quality and wall time of diffusers samplers on a trained 2D checkpoint.
+
+    python benchmarks/samplers_2d.py --ckpt outputs/moons/version_0/checkpoints/last.ckpt
+
+Prints a table of sliced Wasserstein distance (model space, against held-out points from the checkpoint's own
+data config) and its real-vs-real floor, and appends it with the command and the machine to notes/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+
+from lightning_diffusion import DiffusionModule
+from lightning_diffusion.data import Toy2DDataModule
+from lightning_diffusion.metrics import sliced_wasserstein
+
+SAMPLERS = [
+    ("DDPMScheduler", 1000),
+    ("DDIMScheduler", 50),
+    ("DDIMScheduler", 20),
+    ("DPMSolverMultistepScheduler", 20),
+    ("DPMSolverMultistepScheduler", 10),
+    ("EulerDiscreteScheduler", 50),
+    ("UniPCMultistepScheduler", 10),
+]
+
+
+def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent held-out samples of size n from the data config saved beside the checkpoint."""
+    config = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text())["data"]["init_args"]
+    data = Toy2DDataModule(**{**config, "num_val_samples": 2 * n})
+    val = data._splits["val"][0]
+    return val[:n], val[n:]
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--num_samples", type=int, default=2000)
+    parser.add_argument("--samplers", nargs="*", default=None, help="NAME:STEPS pairs (default: the standard set)")
+    parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
+    args = parser.parse_args(argv)
+    samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers] if args.samplers else SAMPLERS
+
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    model = DiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")
+    real_a, real_b = held_out(args.ckpt, args.num_samples)
+    floor = sliced_wasserstein(real_b, real_a).item()
+    rows = [f"| real vs real (floor) | - | {floor:.4f} | 1.00 | - |"]
+    for name, steps in samplers:
+        start = time.perf_counter()
+        x = model.sample(args.num_samples, sampler=name, num_inference_steps=steps,
+                         generator=torch.Generator().manual_seed(0), data_space=False)
+        seconds = time.perf_counter() - start
+        swd = sliced_wasserstein(x, real_a).item()
+        rows.append(f"| {name} | {steps} | {swd:.4f} | {swd / floor:.2f} | {seconds:.2f} |")
+    table = "\n".join(
+        ["| sampler | steps | SWD | SWD / floor | seconds |", "| --- | --- | --- | --- | --- |", *rows]
+    )
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    report = (
+        f"\n## 2D samplers, {date.today()}\n\n`{command}`\n\nMachine: {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {args.num_samples} samples, SWD in the "
+        f"standardized space.\n\n{table}\n"
+    )
+    print(report)
+    if args.notes:
+        Path(args.notes).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.notes, "a") as f:
+            f.write(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

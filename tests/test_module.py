@@ -1,0 +1,122 @@
+"""DiffusionModule without a Trainer: losses per target, sampling, conditioning, EMA, plots."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from matplotlib.figure import Figure
+
+from lightning_diffusion import DiffusionModule, diffusion
+from lightning_diffusion.callbacks.ema import warmup_ema_fn
+from lightning_diffusion.callbacks.trajectory import forward_frames
+from lightning_diffusion.denoisers import MLPDenoiser
+from lightning_diffusion.plotting import scatter_figure, trajectory_figure
+
+SCHEDULER = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
+def test_loss_is_zero_for_the_exact_target(prediction_type, weighting):
+    """A denoiser that outputs the exact target has zero loss; one that outputs zeros has loss E[w * target^2]."""
+    x0, eps = torch.randn(64, 2), torch.randn(64, 2)
+    t = torch.randint(0, 1000, (64,))
+    alpha_bar = diffusion.alpha_bar_at(SCHEDULER.alphas_cumprod, t, x0)
+    target = diffusion.training_target(x0, eps, alpha_bar, prediction_type)
+
+    class Exact(torch.nn.Module):
+        def forward(self, x_t, t_, labels=None):
+            return target
+
+    class Zero(torch.nn.Module):
+        def forward(self, x_t, t_, labels=None):
+            return torch.zeros_like(x_t)
+
+    args = (SCHEDULER.alphas_cumprod, prediction_type, weighting, 5.0)
+    assert diffusion.diffusion_loss(Exact(), x0, *args, t=t, eps=eps).item() == pytest.approx(0.0, abs=1e-10)
+    w = diffusion.loss_weight(alpha_bar.flatten(), prediction_type, weighting, 5.0)
+    expected = (w * target.pow(2).mean(1)).mean()
+    assert diffusion.diffusion_loss(Zero(), x0, *args, t=t, eps=eps).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def make_module(**kwargs):
+    num_classes = kwargs.pop("num_classes", None)
+    return DiffusionModule(
+        denoiser=MLPDenoiser(num_classes=num_classes, hidden_dim=32, num_blocks=1),
+        scheduler=SCHEDULER,
+        num_classes=num_classes,
+        data_mean=[1.0, -2.0],
+        data_std=[2.0, 0.5],
+        **kwargs,
+    )
+
+
+def test_sample_maps_to_data_space_and_is_reproducible():
+    model = make_module(num_inference_steps=10)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    raw = model.sample(8, generator=g(), data_space=False)
+    data = model.sample(8, generator=g())
+    assert torch.allclose(data, raw * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -2.0]))
+    assert model.training  # restored after sampling in eval mode
+
+
+def test_conditional_sampling_labels():
+    model = make_module(num_classes=3, guidance_scale=2.0, label_dropout=0.1, num_inference_steps=5)
+    assert model._class_labels(5, None).tolist() == [0, 1, 2, 0, 1]
+    assert model._class_labels(3, 2).tolist() == [2, 2, 2]
+    assert model.sample(4, class_labels=[0, 1, 2, 1]).shape == (4, 2)
+    with pytest.raises(ValueError, match=r"class_labels must be 2 labels \(or one\) in \[0, 2\]"):
+        model.sample(2, class_labels=[0, 3])
+    with pytest.raises(ValueError, match="unconditional"):
+        make_module().sample(2, class_labels=[0, 1])
+
+
+def test_constructor_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="Unknown sampler 'Nope'"):
+        make_module(sampler="Nope")
+    with pytest.raises(ValueError, match="num_classes=None but the data has 4"):
+        DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, num_classes=4)
+    with pytest.raises(ValueError, match="label_dropout"):
+        make_module(num_classes=2, label_dropout=1.0)
+
+
+def test_label_dropout_uses_the_null_label():
+    model = make_module(num_classes=2, label_dropout=0.5)
+    seen = []
+    model.denoiser.forward = lambda x, t, labels=None: seen.append(labels) or torch.zeros_like(x)
+    torch.manual_seed(0)
+    model.training_step((torch.randn(400, 2), torch.zeros(400, dtype=torch.long)), 0)
+    dropped = (seen[0] == 2).float().mean().item()
+    assert 0.4 < dropped < 0.6 and set(seen[0].tolist()) == {0, 2}
+
+
+def test_ema_decay_warms_up():
+    avg_fn = warmup_ema_fn(0.999)
+    averaged, current = torch.zeros(3), torch.ones(3)
+    # after 0 updates the decay is min(0.999, 1/10) = 0.1: the average moves 90% of the way
+    assert torch.allclose(avg_fn(averaged, current, torch.tensor(0)), torch.full((3,), 0.9))
+    # late, the full decay applies
+    assert torch.allclose(avg_fn(averaged, current, torch.tensor(100_000)), torch.full((3,), 0.001))
+
+
+def test_forward_frames_follow_q_sample():
+    x0 = torch.randn(100, 2)
+    eps = torch.randn(100, 2)
+    frames = forward_frames(x0, eps, SCHEDULER.alphas_cumprod, [0, 500, 999])
+    assert [t for t, _ in frames] == [0, 500, 999]
+    a = SCHEDULER.alphas_cumprod[500]
+    assert torch.allclose(frames[1][1], a.sqrt() * x0 + (1 - a).sqrt() * eps)
+
+
+def test_plots_are_pure_figures():
+    real, generated = torch.randn(200, 2), torch.randn(200, 2)
+    fig = scatter_figure(real, generated, "t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    forward = [(t, torch.randn(50, 2)) for t in (0, 500, 999)]
+    reverse = [(t, torch.randn(50, 2)) for t in (1000, 500, 0)]
+    fig = trajectory_figure(forward, reverse, tracked_index=7)
+    assert len(fig.axes) == 6
+    # every panel draws the tracked point in green on top of the cloud
+    for ax in fig.axes:
+        tracked = ax.collections[-1]
+        assert tracked.get_offsets().shape == (1, 2)
+        assert tuple(tracked.get_facecolor()[0][:3]) == pytest.approx((0.17254902, 0.62745098, 0.17254902))
