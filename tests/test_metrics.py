@@ -14,10 +14,10 @@ def test_identical_samples_give_zero():
 def test_shifted_gaussians_closed_form():
     """For N(0, I) and N(mu, I) in d dims, SW_2^2 = E_theta (theta . mu)^2 = |mu|^2 / d."""
     torch.manual_seed(0)
-    n, d = 5_000, 4
+    n, d = 2_000, 4
     mu = torch.tensor([1.0, -2.0, 0.5, 0.0])
-    swd = sliced_wasserstein(torch.randn(n, d), torch.randn(n, d) + mu, num_projections=10_000)
-    assert abs(swd.item() - mu.norm().item() / math.sqrt(d)) < 0.025
+    swd = sliced_wasserstein(torch.randn(n, d), torch.randn(n, d) + mu, num_projections=4_000)
+    assert abs(swd.item() - mu.norm().item() / math.sqrt(d)) < 0.03
 
 
 def test_scaled_gaussians_closed_form():
