@@ -48,6 +48,7 @@ class DiffusionCLI(LightningCLI):
         for source, targets in {
             "data.sample_shape": ("model.sample_shape", "model.denoiser.init_args.sample_shape"),
             "data.num_classes": ("model.num_classes", "model.denoiser.init_args.num_classes"),
+            "data.class_names": ("model.class_names",),
             "data.data_mean": ("model.data_mean",),
             "data.data_std": ("model.data_std",),
         }.items():

@@ -56,6 +56,7 @@ class DiffusionModule(L.LightningModule):
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
         sample_shape: Shape of one sample; linked from the data by the CLI.
         num_classes: Number of classes of a conditional model (``None``: unconditional); linked from the data.
+        class_names: Names of the classes, recorded for plots, logs and exports; linked from the data.
         data_mean: Per-channel mean that maps model space to data space (x * std + mean); linked from the data.
         data_std: Per-channel standard deviation, likewise.
     """
@@ -79,6 +80,7 @@ class DiffusionModule(L.LightningModule):
         sample_seed: int = 0,
         sample_shape: tuple[int, ...] = (2,),
         num_classes: Optional[int] = None,
+        class_names: Optional[list[str]] = None,
         data_mean: Optional[list[float]] = None,
         data_std: Optional[list[float]] = None,
     ) -> None:
@@ -122,6 +124,7 @@ class DiffusionModule(L.LightningModule):
         self.prediction_type = prediction_type
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
+        self.class_names = class_names
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         stats_shape = (1, -1, *([1] * (len(self.sample_shape) - 1)))  # broadcasts over (B, C, ...) or (B, D)
         mean = torch.tensor(data_mean if data_mean is not None else [0.0]).view(stats_shape)

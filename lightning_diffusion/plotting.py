@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.utils import make_grid
 
 REAL_COLOR, GENERATED_COLOR, TRACKED_COLOR = "tab:blue", "tab:orange", "tab:green"
 
@@ -93,3 +94,31 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
 def evenly_spaced(n: int, k: int) -> list[int]:
     """k indices spread evenly over range(n), both ends included."""
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
+
+def image_grid(images: Tensor, nrow: int, padding: int = 2) -> Tensor:
+    """Images (N, C, H, W) in [0, 1] -> one (C, H', W') grid with `nrow` images per row (rows: N / nrow)."""
+    return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def progression_figure(frames: Sequence[tuple[int, Tensor, Tensor]], title: str = "") -> Figure:
+    """The denoising progression of a few images: for each (t, x_t, x0_pred) a column; for each image two rows,
+    the sample x_t and the prediction of x0 at that step (all in [0, 1], (K, C, H, W))."""
+    num_images, columns = frames[0][1].shape[0], len(frames)
+    fig = Figure(figsize=(1.2 * columns, 1.25 * 2 * num_images + 0.4), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2 * num_images, columns, squeeze=False))
+    for col, (t, x_t, x0_pred) in enumerate(frames):
+        for k in range(num_images):
+            for row, (name, images) in enumerate([("x_t", x_t), ("x0_pred", x0_pred)]):
+                ax = axes[2 * k + row, col]
+                image = images[k].detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy()
+                ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0 and row == 0:
+                    ax.set_title(f"t={int(t)}", fontsize=8)
+                if col == 0:
+                    ax.set_ylabel(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -2,6 +2,9 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
+
+from fakes import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -24,3 +27,26 @@ def run_cli(tmp_path):
         return main([*args, "--output_dir", str(tmp_path / "outputs"), "--trainer.enable_progress_bar", "false"])
 
     return run
+
+
+@pytest.fixture(scope="session")
+def fake_mnist_root(tmp_path_factory):
+    """A data root with generated MNIST IDX files (300 train, 100 test) where torchvision reads them."""
+    root = tmp_path_factory.mktemp("data")
+    write_idx(root / "MNIST" / "raw")
+    return root
+
+
+def cpu_overrides(config: Path, data_root: Path) -> list[str]:
+    """What a GPU-sized config needs to run in seconds on this CPU: the test data, fp32, tiny batches, 2 steps."""
+    data = yaml.safe_load(config.read_text())["data"]["class_path"]
+    if data.endswith("Toy2DDataModule"):
+        return []
+    return [
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+        "--data.init_args.root", str(data_root), "--data.init_args.download", "false",
+        "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",
+        "--data.init_args.persistent_workers", "false",
+        "--data.init_args.batch_size", "8", "--data.init_args.num_val_samples", "16",
+        "--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2",
+    ]

@@ -3,14 +3,14 @@
 import pytest
 import yaml
 
-from conftest import CONFIGS
+from conftest import CONFIGS, cpu_overrides
 
-FAST_2D = ["--trainer.fast_dev_run", "true"]
+FAST = ["--trainer.fast_dev_run", "true"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path):
-    cli = run_cli("fit", "--config", str(config), *FAST_2D)
+def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path, fake_mnist_root):
+    cli = run_cli("fit", "--config", str(config), *FAST, *cpu_overrides(config, fake_mnist_root))
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     plots = list((tmp_path / "outputs").rglob("*.png"))
     assert plots, "the plotting callbacks wrote nothing"

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.utils import save_image
 
 from lightning_diffusion.plotting import save_figure
 
@@ -31,14 +34,29 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def log_figure(trainer: L.Trainer, key: str, fig: Figure, filename: str) -> Path:
-    """Save `fig` as run_dir/plots/<filename> and send it to every logger that takes images, under `key`."""
-    path = save_figure(fig, free_path(run_dir(trainer) / "plots" / filename))
+def log_png(trainer: L.Trainer, key: str, path: Path) -> None:
+    """Send a PNG to every logger that takes images, under a stable `key`."""
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):  # WandbLogger
             logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(key, fig, global_step=trainer.global_step)
+            image = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(key, image, global_step=trainer.global_step, dataformats="HWC")
+
+
+def log_figure(trainer: L.Trainer, key: str, fig: Figure, filename: str) -> Path:
+    """Save `fig` as run_dir/plots/<filename> and send it to the loggers under `key`."""
+    path = save_figure(fig, free_path(run_dir(trainer) / "plots" / filename))
+    log_png(trainer, key, path)
+    return path
+
+
+def log_grid(trainer: L.Trainer, key: str, grid: Tensor, filename: str) -> Path:
+    """Save an image grid (C, H, W) in [0, 1] pixel-exact as run_dir/samples/<filename>, and send it to the loggers."""
+    path = free_path(run_dir(trainer) / "samples" / filename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    log_png(trainer, key, path)
     return path
 
 

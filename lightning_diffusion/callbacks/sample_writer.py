@@ -1,7 +1,8 @@
-"""`predict` output: the generated samples, in data space, as samples.npz in the run folder."""
+"""`predict` output: the generated samples, in data space, as samples.npz (+ PNG grids for images) in the run folder."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import lightning as L
@@ -9,31 +10,45 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from torchvision.utils import save_image
 
 from lightning_diffusion.callbacks.common import free_path, run_dir
+from lightning_diffusion.plotting import image_grid
 
 
 class SampleWriter(BasePredictionWriter):
-    """Writes every sample that `predict` generated to run_dir/samples.npz (arrays ``samples``, ``class_labels``).
+    """Writes every sample that `predict` generated to run_dir/samples.npz: ``samples`` (2D points as float32;
+    images as uint8 (N, H, W, C)) and ``class_labels``; images also as PNG grids of `grid_size` samples.
 
     Args:
-        filename: Name of the file in the run folder (a -1, -2, ... suffix is added rather than overwrite).
+        filename: Name of the .npz file in the run folder (a -1, -2, ... suffix is added rather than overwrite).
+        grid_size: Images per PNG grid (0: no grids).
     """
 
-    def __init__(self, filename: str = "samples.npz") -> None:
+    def __init__(self, filename: str = "samples.npz", grid_size: int = 100) -> None:
         super().__init__(write_interval="epoch")
-        self.filename = filename
+        self.filename, self.grid_size = filename, grid_size
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
         if not predictions:
             return
-        arrays = {"samples": torch.cat([p["samples"] for p in predictions]).numpy()}
+        folder = run_dir(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "" if trainer.world_size == 1 else f"_rank{trainer.global_rank}"
+        samples = torch.cat([p["samples"] for p in predictions])
+        arrays = {"samples": samples.numpy()}
         if predictions[0]["class_labels"] is not None:
             arrays["class_labels"] = torch.cat([p["class_labels"] for p in predictions]).numpy()
-        name = self.filename if trainer.world_size == 1 else f"{self.filename[:-4]}_rank{trainer.global_rank}.npz"
-        path = free_path(run_dir(trainer) / name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if samples.ndim == 4:  # images (N, C, H, W) in [0, 1]
+            images = samples.clamp(0, 1)
+            arrays["samples"] = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            # conditional requests cycle through the classes: one column per class
+            nrow = pl_module.num_classes or int(math.ceil(math.sqrt(min(self.grid_size, len(images)))))
+            for k, start in enumerate(range(0, len(images), self.grid_size or len(images) + 1)):
+                grid = image_grid(images[start : start + self.grid_size], nrow=nrow)
+                save_image(grid, free_path(folder / f"samples{suffix}_grid_{k:03d}.png"))
+        path = free_path(folder / f"{self.filename.removesuffix('.npz')}{suffix}.npz")
         np.savez(path, **arrays)
-        rank_zero_info(f"Wrote {len(arrays['samples'])} samples to {path}")
+        rank_zero_info(f"Wrote {len(samples)} samples to {path}")

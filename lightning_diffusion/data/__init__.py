@@ -1,6 +1,7 @@
 """LightningDataModules: batches ``(x,)`` or ``(x, y)`` in model space, plus what the model must agree with."""
 
 from lightning_diffusion.data.base import DiffusionDataModule, SampleRequests
+from lightning_diffusion.data.mnist import MNISTDataModule
 from lightning_diffusion.data.toy2d import Toy2DDataModule, make_toy2d
 
-__all__ = ["DiffusionDataModule", "SampleRequests", "Toy2DDataModule", "make_toy2d"]
+__all__ = ["DiffusionDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "make_toy2d"]

@@ -37,8 +37,6 @@ class DiffusionDataModule(L.LightningDataModule):
             for a conditional model, no labels otherwise).
     """
 
-    class_names: Optional[list[str]] = None
-
     def __init__(
         self,
         batch_size: int = 128,
@@ -59,6 +57,11 @@ class DiffusionDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> Optional[int]:
+        return None
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        """Names of the classes (index k is class k), for plots, logs and exports."""
         return None
 
     @property

@@ -48,7 +48,13 @@ def make_toy2d(name: Toy2DName, n: int, noise: float, seed: int) -> tuple[np.nda
     raise ValueError(f"Unknown 2D dataset {name!r}: use one of moons, circles, swissroll, 8gaussians, checkerboard.")
 
 
-_NUM_CLASSES = {"moons": 2, "circles": 2, "swissroll": None, "8gaussians": 8, "checkerboard": 2}
+_CLASS_NAMES = {
+    "moons": ["upper moon", "lower moon"],
+    "circles": ["outer circle", "inner circle"],
+    "swissroll": None,
+    "8gaussians": [f"gaussian {k}" for k in range(8)],
+    "checkerboard": ["even column", "odd column"],
+}
 
 
 class Toy2DDataModule(DiffusionDataModule):
@@ -82,9 +88,9 @@ class Toy2DDataModule(DiffusionDataModule):
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
         super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
-        if dataset not in _NUM_CLASSES:
-            raise ValueError(f"Unknown 2D dataset {dataset!r}: use one of {', '.join(_NUM_CLASSES)}.")
-        if labels and _NUM_CLASSES[dataset] is None:
+        if dataset not in _CLASS_NAMES:
+            raise ValueError(f"Unknown 2D dataset {dataset!r}: use one of {', '.join(_CLASS_NAMES)}.")
+        if labels and _CLASS_NAMES[dataset] is None:
             raise ValueError(f"The {dataset} dataset has no labels: set labels to false or choose another dataset.")
         self.dataset, self.num_samples, self.num_val_samples = dataset, num_samples, num_val_samples
         self.noise, self.labels, self.seed = noise, labels, seed
@@ -108,7 +114,11 @@ class Toy2DDataModule(DiffusionDataModule):
 
     @property
     def num_classes(self) -> Optional[int]:
-        return _NUM_CLASSES[self.dataset] if self.labels else None
+        return len(self.class_names) if self.class_names else None
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        return _CLASS_NAMES[self.dataset] if self.labels else None
 
     @property
     def data_mean(self) -> list[float]:

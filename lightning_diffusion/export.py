@@ -1,0 +1,61 @@
+"""Export a trained image checkpoint to diffusers.
+
+    python -m lightning_diffusion.export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
+
+An unconditional model becomes a `DDPMPipeline` folder (`DDPMPipeline.from_pretrained(folder)` samples it); a
+conditional one saves its `unet/` and `scheduler/` with `save_pretrained` (diffusers has no class-conditional
+pipeline for UNet2DModel), plus `lightning_diffusion.json` with the classes and the guidance null label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from lightning_diffusion.module import DiffusionModule
+
+
+def export(checkpoint: Path, folder: Path) -> Path:
+    """Write the checkpoint's UNet and schedule (EMA weights, as saved) to `folder`, which must not exist yet."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} already exists and is not empty: export to a new folder.")
+    model = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    unet = getattr(model.denoiser, "unet", None)
+    if unet is None:
+        raise ValueError(f"The denoiser {type(model.denoiser).__name__} is not a UNetDenoiser: only image UNets export to diffusers.")
+    scheduler = DDPMScheduler.from_config(model.scheduler.config, prediction_type=model.prediction_type)
+    if model.num_classes is None:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    else:
+        unet.save_pretrained(folder / "unet")
+        scheduler.save_pretrained(folder / "scheduler")
+    info = {
+        "num_classes": model.num_classes,
+        "null_label": model.num_classes,
+        "class_names": model.class_names,
+        "prediction_type": model.prediction_type,
+        "guidance_scale": model.hparams.guidance_scale,
+        "data_mean": model.data_mean.flatten().tolist(),
+        "data_std": model.data_std.flatten().tolist(),
+    }
+    (folder / "lightning_diffusion.json").write_text(json.dumps(info, indent=2))
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a DiffusionModule checkpoint with a UNetDenoiser")
+    parser.add_argument("folder", type=Path, help="the new diffusers folder")
+    args = parser.parse_args(argv)
+    try:
+        print(f"Exported to {export(args.checkpoint, args.folder)}")
+    except (FileExistsError, ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
