@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fakes import write_idx
+from fakes import write_cifar10, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -31,18 +31,23 @@ def run_cli(tmp_path):
 
 @pytest.fixture(scope="session")
 def fake_mnist_root(tmp_path_factory):
-    """A data root with generated MNIST IDX files (300 train, 100 test) where torchvision reads them."""
+    """A data root with generated MNIST IDX files (300 train, 100 test) and CIFAR-10 batches (200 train, 40 test)
+    where torchvision reads them."""
     root = tmp_path_factory.mktemp("data")
     write_idx(root / "MNIST" / "raw")
+    write_cifar10(root / "cifar-10-batches-py")
     return root
 
 
 def cpu_overrides(config: Path, data_root: Path) -> list[str]:
     """What a GPU-sized config needs to run in seconds on this CPU: the test data, fp32, tiny batches, 2 steps."""
-    data = yaml.safe_load(config.read_text())["data"]["class_path"]
-    if data.endswith("Toy2DDataModule"):
+    parsed = yaml.safe_load(config.read_text())
+    if parsed["data"]["class_path"].endswith("Toy2DDataModule"):
         return []
+    levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
     return [
+        # the config's UNet, as many levels and attention blocks, 32 channels wide
+        "--model.denoiser.init_args.block_out_channels", str([32] * levels),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
         "--data.init_args.root", str(data_root), "--data.init_args.download", "false",
         "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",

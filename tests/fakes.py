@@ -1,6 +1,7 @@
 """Small generated datasets with the real on-disk formats, so tests never download."""
 
 import gzip
+import pickle
 import struct
 from pathlib import Path
 
@@ -32,4 +33,19 @@ def write_idx(folder: Path, num_train: int = 300, num_test: int = 100, gz: bool 
                 (folder / f"{name}.gz").write_bytes(gzip.compress(data))
             else:
                 (folder / name).write_bytes(data)
+    return folder
+
+
+def write_cifar10(folder: Path, per_batch: int = 40) -> Path:
+    """The python-pickle batches torchvision's CIFAR10 reads (data_batch_1..5, test_batch, batches.meta).
+
+    They cannot match CIFAR-10's checksums: tests that read them patch CIFAR10._check_integrity.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
     return folder
