@@ -70,3 +70,18 @@ def test_predict_writes_samples_with_the_sampler_of_the_command_line(trained, tm
     assert len(files) == 1
     samples = np.load(files[0])["samples"]
     assert samples.shape == (300, 2) and np.isfinite(samples).all()
+
+
+def test_sampler_benchmark_small_mode(trained, tmp_path, capsys):
+    """benchmarks/samplers_2d.py runs on a real checkpoint, so the script cannot rot."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("samplers_2d", REPO / "benchmarks" / "samplers_2d.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, run = trained
+    notes = tmp_path / "benchmarks.md"
+    report = bench.main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--num_samples", "200",
+                         "--samplers", "DDIMScheduler:5", "UniPCMultistepScheduler:5", "--notes", str(notes)])
+    assert "| DDIMScheduler | 5 |" in report and "| UniPCMultistepScheduler | 5 |" in report
+    assert notes.read_text() == report
