@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.loggers import SaveConfig
 from lightning_diffusion.module import DiffusionModule
 
 # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
@@ -26,6 +27,7 @@ class DiffusionCLI(LightningCLI):
             DiffusionDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the optimizer is an argument of DiffusionModule
+            save_config_callback=SaveConfig,
             args=args,
             run=run,
             **kwargs,
@@ -71,14 +73,23 @@ class DiffusionCLI(LightningCLI):
         if config.experiment is None:
             config_files = config.get("config") or []
             config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
-        config.trainer.default_root_dir = str(Path(config.output_dir) / config.experiment)
-        if config.trainer.logger in (None, True):  # CSV metrics in outputs/<experiment>/version_N
-            config.trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        root = Path(config.output_dir) / config.experiment
+        config.trainer.default_root_dir = str(root)
+        if config.trainer.logger is False:
+            return
+        # A CSVLogger comes first: it owns the run folder <output_dir>/<experiment>/version_N (checkpoints,
+        # plots, config.yaml), whatever other loggers the config adds.
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
-        for logger in loggers:  # every run goes under <output_dir>/<experiment>, also when a saved config is reused
-            if isinstance(logger, Namespace) and logger.class_path.rsplit(".", 1)[-1] in ("CSVLogger", "TensorBoardLogger"):
-                logger.init_args.save_dir = config.output_dir
-                logger.init_args.name = config.experiment
+        loggers = [logger for logger in loggers if isinstance(logger, Namespace) and _name(logger) != "CSVLogger"]
+        csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        for logger in [csv, *loggers]:  # also when a saved config is reused with another output_dir
+            if _name(logger) in ("CSVLogger", "TensorBoardLogger"):
+                logger.init_args.save_dir, logger.init_args.name = config.output_dir, config.experiment
+            elif _name(logger) == "WandbLogger":
+                logger.init_args.save_dir = str(root)
+                logger.init_args.group = logger.init_args.get("group") or config.experiment
+                logger.init_args.tags = sorted({*(logger.init_args.get("tags") or []), config.experiment})
+        config.trainer.logger = [csv, *loggers]
 
     def instantiate_classes(self) -> None:
         try:
@@ -98,6 +109,10 @@ class DiffusionCLI(LightningCLI):
         )
 
     before_fit = before_validate = before_test = before_predict = _announce
+
+
+def _name(logger: Namespace) -> str:
+    return logger.class_path.rsplit(".", 1)[-1]
 
 
 def main(args: Optional[list[str]] = None) -> DiffusionCLI:
