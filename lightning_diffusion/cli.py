@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
+
+import torch
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -41,6 +43,12 @@ class DiffusionCLI(LightningCLI):
             help="Name of the experiment: runs go to <output_dir>/<experiment>/version_N (default: the config's file name).",
         )
         parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"],
+            default="highest",
+            help="torch.set_float32_matmul_precision: 'high' lets float32 matmuls use TF32 on Ampere+ GPUs.",
+        )
+        parser.add_argument(
             "--output_dir",
             type=str,
             default="outputs",
@@ -70,6 +78,7 @@ class DiffusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        torch.set_float32_matmul_precision(config.float32_matmul_precision)
         if config.experiment is None:
             config_files = config.get("config") or []
             config.experiment = Path(str(config_files[-1])).stem if config_files else "default"

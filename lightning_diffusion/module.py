@@ -31,6 +31,20 @@ def sampler_class(name: str) -> type[SchedulerMixin]:
     return cls
 
 
+class _Factory:
+    """An optimizer or LR-scheduler factory that deep copies of the module (EMA's AveragedModel) share: the
+    partials jsonargparse builds reference the CLI itself, and under DDP its locks, which cannot be copied."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __deepcopy__(self, memo: dict) -> "_Factory":
+        return self
+
+
 class DiffusionModule(L.LightningModule):
     """Trains a denoiser on the forward process of a diffusers scheduler and samples with any diffusers sampler.
 
@@ -54,6 +68,8 @@ class DiffusionModule(L.LightningModule):
         val_num_samples: Samples generated at the end of each validation to compute ``val/swd`` against held-out
             data, and its real-vs-real floor ``val/swd_floor`` (0: off).
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
+        compile: Train through ``torch.compile(denoiser)``; the weights keep their names, so checkpoints load
+            with or without it. Sampling runs the plain denoiser.
         sample_shape: Shape of one sample; linked from the data by the CLI.
         num_classes: Number of classes of a conditional model (``None``: unconditional); linked from the data.
         class_names: Names of the classes, recorded for plots, logs and exports; linked from the data.
@@ -78,6 +94,7 @@ class DiffusionModule(L.LightningModule):
         lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         val_num_samples: int = 0,
         sample_seed: int = 0,
+        compile: bool = False,
         sample_shape: tuple[int, ...] = (2,),
         num_classes: Optional[int] = None,
         class_names: Optional[list[str]] = None,
@@ -119,8 +136,8 @@ class DiffusionModule(L.LightningModule):
 
         self.denoiser = denoiser
         self.scheduler = scheduler
-        self.optimizer_fn = optimizer
-        self.lr_scheduler_fn = lr_scheduler
+        self.optimizer_fn = _Factory(optimizer)
+        self.lr_scheduler_fn = _Factory(lr_scheduler) if lr_scheduler is not None else None
         self.prediction_type = prediction_type
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
@@ -131,6 +148,7 @@ class DiffusionModule(L.LightningModule):
         std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
         self.register_buffer("data_mean", mean, persistent=False)
         self.register_buffer("data_std", std, persistent=False)
+        self._train_denoiser: nn.Module = denoiser
         self._val_points: list[Tensor] = []
         self._val_labels: list[Tensor] = []
 
@@ -204,6 +222,11 @@ class DiffusionModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
+            # held outside the module tree, so that the state_dict has no "_orig_mod." names
+            object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
+
     def _unpack(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
         if isinstance(batch, dict):
             x, y = batch["x"], batch.get("y")
@@ -220,13 +243,15 @@ class DiffusionModule(L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
         return self.denoiser(x_t, t, class_labels)
 
-    def _loss(self, x0: Tensor, y: Optional[Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
+    def _loss(
+        self, x0: Tensor, y: Optional[Tensor], generator: Optional[torch.Generator] = None, denoiser: Optional[nn.Module] = None
+    ) -> Tensor:
         t = eps = None
         if generator is not None:  # fixed t and eps: a validation loss comparable across epochs
             t = torch.randint(0, self.alphas_cumprod.numel(), (x0.shape[0],), generator=generator).to(self.device)
             eps = torch.randn(x0.shape, generator=generator).to(self.device)
         return diffusion.diffusion_loss(
-            self.denoiser,
+            self.denoiser if denoiser is None else denoiser,
             x0,
             self.alphas_cumprod,
             self.prediction_type,
@@ -242,7 +267,17 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.hparams.label_dropout > 0:  # train the unconditional model too (CFG)
             drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        loss = self._loss(x0, y)
+        loss = self._loss(x0, y, denoiser=self._train_denoiser)
+        nonfinite = not torch.isfinite(loss).item()
+        if self._trainer is not None:  # one decision for all ranks: none is left waiting in the gradient all-reduce
+            nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+        if nonfinite:
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.global_step} (epoch {self.current_epoch}): training stopped, the last "
+                f"good checkpoint is {last}; lower the learning rate, clip gradients (trainer.gradient_clip_val) "
+                "or prefer bf16-mixed to 16-mixed."
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
