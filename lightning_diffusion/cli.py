@@ -117,7 +117,19 @@ class DiffusionCLI(LightningCLI):
             f"run folder {run or trainer.default_root_dir}"
         )
 
-    before_fit = before_validate = before_test = before_predict = _announce
+    before_validate = before_test = before_predict = _announce
+
+    def before_fit(self) -> None:
+        self._announce()
+        trainer, data = self.trainer, self.datamodule
+        per_device = getattr(data, "batch_size", None)
+        if per_device is not None:
+            effective = per_device * trainer.world_size * trainer.accumulate_grad_batches
+            lr = self.config[self.subcommand].model.optimizer.init_args.get("lr")
+            rank_zero_info(
+                f"effective batch size {effective} = {per_device} per device x {trainer.world_size} devices x "
+                f"{trainer.accumulate_grad_batches} accumulated; learning rate {lr} (not rescaled with the batch)"
+            )
 
 
 def _name(logger: Namespace) -> str:

@@ -48,3 +48,20 @@ def test_offline_run_holds_the_config_and_the_images(no_credentials, run_cli, tm
     (run,) = (experiment / "wandb").glob("offline-run-*")
     images = {p.name.split("_")[0] for p in (run / "files" / "media" / "images" / "plots").glob("*.png")}
     assert images == {"samples", "trajectory"}  # logged under the stable keys plots/samples, plots/trajectory
+
+
+def test_sweep_command_drives_the_real_cli(run_cli, capsys):
+    """The sweep's command with one of its parameter sets parses through the CLI as W&B would call it."""
+    import yaml as _yaml
+
+    sweep = _yaml.safe_load((REPO / "configs/sweeps/moons_lr.yaml").read_text())
+    command = sweep["command"]
+    assert command[2:4] == ["-m", "lightning_diffusion"]
+    args = [a for a in command[4:] if not a.startswith("${")]
+    args = [str(REPO / a) if a.startswith("configs/") else a for a in args]
+    overrides = [f"--{key}={spec['values'][-1]}" for key, spec in sweep["parameters"].items()]
+    with pytest.raises(SystemExit):
+        run_cli(*args, *overrides, "--print_config")
+    config = _yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.004
+    assert config["model"]["prediction_type"] == "v_prediction" and config["experiment"] == "moons_lr_sweep"
