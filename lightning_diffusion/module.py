@@ -148,7 +148,7 @@ class DiffusionModule(L.LightningModule):
         std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
         self.register_buffer("data_mean", mean, persistent=False)
         self.register_buffer("data_std", std, persistent=False)
-        self._train_denoiser: nn.Module = denoiser
+        object.__setattr__(self, "_train_denoiser", denoiser)  # not a submodule: torch.compile may replace it in setup
         self._val_points: list[Tensor] = []
         self._val_labels: list[Tensor] = []
 

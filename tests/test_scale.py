@@ -70,7 +70,7 @@ def test_compiled_training_checkpoint_loads_without_compile(run_cli, tmp_path):
     assert cli.model._train_denoiser is not cli.model.denoiser  # training went through torch.compile
     (ckpt,) = (tmp_path / "outputs").rglob("last.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert not any("_orig_mod" in key for key in state)
+    assert {key.split(".")[0] for key in state} == {"denoiser"} and not any("_orig_mod" in key for key in state)
     model = DiffusionModule.load_from_checkpoint(ckpt, compile=False)
     assert model.sample(16, num_inference_steps=5).shape == (16, 2)
 
