@@ -1,0 +1,132 @@
+"""Framework overhead: DiffusionModule under the Lightning Trainer vs the plain PyTorch loop of the seeds' notebooks.
+
+    python benchmarks/overhead.py                 # MLP on 2D points and the MNIST UNet, on CPU (and CUDA if present)
+    python benchmarks/overhead.py --steps 5 --notes ''   # the small mode the tests run
+
+Both sides train the same denoiser (same initial weights) with the same scheduler, optimizer and batches (held in
+memory, so data loading is not measured). Lightning runs without logger, checkpoints, progress bar or validation,
+so what remains is the framework's per-step work (hooks, `self.log`, the non-finite-loss check). Prints a table
+and appends it, with the command and the machine, to notes/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from datetime import date
+
+import lightning as L
+import torch
+from diffusers import DDPMScheduler
+from torch.utils.data import DataLoader
+
+from lightning_diffusion import DiffusionModule, diffusion
+from lightning_diffusion.denoisers import MLPDenoiser, UNetDenoiser
+
+
+def cases(device: str) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int, int]]:
+    """name -> (denoiser, sample shape, batch size, steps): the MLP of configs/moons.yaml and the UNet of
+    configs/mnist.yaml (a smaller batch and fewer steps on CPU, where one UNet step takes about a second)."""
+    cuda = device == "cuda"
+    unet = UNetDenoiser(sample_shape=(1, 32, 32), block_out_channels=[64, 128, 256], attention_levels=[2], channels_last=cuda)
+    return {
+        "MLP 2D (moons.yaml)": (MLPDenoiser(hidden_dim=128, num_blocks=3), (2,), 256, 300),
+        "UNet 32x32 (mnist.yaml)": (unet, (1, 32, 32), 128 if cuda else 16, 200 if cuda else 20),
+    }
+
+
+def plain_loop(denoiser, scheduler, batches, device) -> float:
+    """Steps per second of the hand-written loop."""
+    denoiser = denoiser.to(device).train()
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-4)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+
+    def step(x0):
+        loss = diffusion.diffusion_loss(denoiser, x0.to(device, non_blocking=True), alphas_cumprod)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for x0 in batches[1:]:
+        step(x0)
+    _sync(device)
+    return (len(batches) - 1) / (time.perf_counter() - start)
+
+
+class _Timer(L.Callback):
+    """Times the steps after the first (warm-up) one."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 1:
+            _sync(pl_module.device.type)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        _sync(pl_module.device.type)
+        self.steps_per_second = (trainer.global_step - 1) / (time.perf_counter() - self.start)
+
+
+def lightning_loop(denoiser, scheduler, batches, device) -> float:
+    """Steps per second of DiffusionModule under the Trainer."""
+    model = DiffusionModule(denoiser, scheduler, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4),
+                            sample_shape=tuple(batches[0].shape[1:]))
+    timer = _Timer()
+    trainer = L.Trainer(
+        accelerator=device, devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+    )
+    trainer.fit(model, DataLoader(batches, batch_size=None, pin_memory=device == "cuda"))
+    return timer.steps_per_second
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="training steps per measurement (default: per case)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is kept")
+    parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
+    parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
+    args = parser.parse_args(argv)
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    rows = []  # | case | device | batch | steps | plain | Lightning | overhead |
+    for device in devices:
+        for name, (denoiser, shape, batch_size, steps) in cases(device).items():
+            torch.manual_seed(0)
+            batches = [torch.randn(batch_size, *shape) for _ in range((args.steps or steps) + 1)]
+            plain, framework = [], []
+            for _ in range(args.repeats):  # alternate, so that drifts of the machine hit both sides alike
+                plain.append(plain_loop(copy.deepcopy(denoiser), DDPMScheduler(), batches, device))
+                framework.append(lightning_loop(copy.deepcopy(denoiser), DDPMScheduler(), batches, device))
+            p, f = max(plain), max(framework)
+            n = len(batches) - 1
+            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% |")
+    table = "\n".join([
+        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead |",
+        "| --- | --- | --- | --- | --- | --- | --- |", *rows,
+    ])
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    report = (
+        f"\n## Framework overhead, {date.today()}\n\n`{command}`\n\nMachine: {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, lightning {L.__version__}, "
+        f"best of {args.repeats} alternating measurements.\n\n{table}\n"
+    )
+    print(report)
+    if args.notes:
+        with open(args.notes, "a") as f:
+            f.write(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
