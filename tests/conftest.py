@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fakes import write_cifar10, write_idx
+from fakes import make_dataset, write_cifar10, write_idx, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -39,19 +39,30 @@ def fake_mnist_root(tmp_path_factory):
     return root
 
 
-def cpu_overrides(config: Path, data_root: Path) -> list[str]:
+@pytest.fixture(scope="session")
+def fake_celeb_dir(tmp_path_factory):
+    """A local parquet dataset with the columns of ashraq/tmdb-celeb-10k: portraits, genders 0-3, one bad image."""
+    return write_parquet(tmp_path_factory.mktemp("celeb") / "tmdb", make_dataset())
+
+
+def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) -> list[str]:
     """What a GPU-sized config needs to run in seconds on this CPU: the test data, fp32, tiny batches, 2 steps."""
     parsed = yaml.safe_load(config.read_text())
     if parsed["data"]["class_path"].endswith("Toy2DDataModule"):
         return []
     levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
-    return [
+    if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
+        data = ["--data.init_args.dataset", str(celeb_dir), "--data.init_args.root", str(data_root),
+                "--data.init_args.num_val_samples", "8"]
+    else:
+        data = ["--data.init_args.root", str(data_root), "--data.init_args.download", "false",
+                "--data.init_args.num_val_samples", "16"]
+    return [*data,
         # the config's UNet, as many levels and attention blocks, 32 channels wide
         "--model.denoiser.init_args.block_out_channels", str([32] * levels),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--data.init_args.root", str(data_root), "--data.init_args.download", "false",
         "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",
         "--data.init_args.persistent_workers", "false",
-        "--data.init_args.batch_size", "8", "--data.init_args.num_val_samples", "16",
+        "--data.init_args.batch_size", "8",
         "--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2",
     ]

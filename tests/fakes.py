@@ -1,11 +1,14 @@
 """Small generated datasets with the real on-disk formats, so tests never download."""
 
 import gzip
+import io
 import pickle
 import struct
 from pathlib import Path
 
+import datasets
 import numpy as np
+from PIL import Image
 
 
 def fake_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,4 +51,46 @@ def write_cifar10(folder: Path, per_batch: int = 40) -> Path:
         (folder / name).write_bytes(pickle.dumps(batch))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return folder
+
+
+# gender codes: 0 unknown, 1 female, 2 male, 3 non-binary; 36 good rows, 12 of each kept gender, plus one corrupt
+GENDERS = [0, 1, 2, 3, 1, 2] * 6
+MODES = ["RGB", "L", "RGBA", "P"]
+SIZES = [(48, 64), (60, 90)]  # (width, height): portraits
+DARK, BRIGHT = 40, 215  # inside the center square: female dark, male bright; the bands above and below the opposite
+
+
+
+def portrait(i: int, gender: int) -> bytes:
+    width, height = SIZES[i % 2]
+    inside, outside = (BRIGHT, DARK) if gender == 2 else (DARK, BRIGHT)
+    pixels = np.full((height, width, 3), outside, dtype=np.uint8)
+    top = (height - width) // 2
+    pixels[top : top + width] = inside
+    image, mode = Image.fromarray(pixels), MODES[i % 4]
+    image = image.convert("P", palette=Image.Palette.ADAPTIVE) if mode == "P" else image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if mode in ("RGB", "L") else "PNG")
+    return buffer.getvalue()
+
+
+def make_dataset(genders=GENDERS, corrupt: bool = True, columns=("image", "gender")) -> datasets.Dataset:
+    images = [{"bytes": portrait(i, g), "path": None} for i, g in enumerate(genders)]
+    genders = list(genders)
+    if corrupt:
+        images.append({"bytes": b"certainly not an image", "path": None})
+        genders.append(1)
+    features = datasets.Features({columns[0]: datasets.Image(), columns[1]: datasets.Value("int64"),
+                                  "name": datasets.Value("string")})
+    data = {columns[0]: images, columns[1]: genders, "name": [f"person {i}" for i in range(len(genders))]}
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def write_parquet(folder: Path, dataset: datasets.Dataset) -> Path:
+    """Two shards under folder/data, as `huggingface-cli download` lays out the Hub's parquet files."""
+    (folder / "data").mkdir(parents=True)
+    half = len(dataset) // 2
+    dataset.select(range(half)).to_parquet(str(folder / "data" / "train-00000-of-00002.parquet"))
+    dataset.select(range(half, len(dataset))).to_parquet(str(folder / "data" / "train-00001-of-00002.parquet"))
     return folder

@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import CONFIGS, cpu_overrides
 
@@ -9,13 +10,19 @@ FAST = ["--trainer.fast_dev_run", "true"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path, fake_mnist_root, monkeypatch):
+def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path, fake_mnist_root, fake_celeb_dir, monkeypatch):
     # generated CIFAR-10 batches cannot match the real checksums
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5=None: True)
-    cli = run_cli("fit", "--config", str(config), *FAST, *cpu_overrides(config, fake_mnist_root))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cli = run_cli("fit", "--config", str(config), *FAST, *cpu_overrides(config, fake_mnist_root, fake_celeb_dir))
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     plots = list((tmp_path / "outputs").rglob("*.png"))
     assert plots, "the plotting callbacks wrote nothing"
+    if len(cli.datamodule.sample_shape) == 3:  # images: a sample grid, one row per class if conditional
+        (grid,) = [p for p in plots if p.name.startswith("grid_")]
+        (sample_grid,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "SampleGrid"]
+        rows = cli.datamodule.num_classes or sample_grid.num_rows
+        assert Image.open(grid).size[1] == rows * (cli.datamodule.sample_shape[1] + 2) + 2
 
 
 def test_help_shows_every_option_with_its_docstring(run_cli, capsys):

@@ -17,7 +17,7 @@ def test_standardized_with_training_statistics(dataset):
     assert val.shape == (1000, 2) and val.abs().max() < 6
     # the stats map model space back to data space
     mean, std = torch.tensor(dm.data_mean), torch.tensor(dm.data_std)
-    assert (std > 0).all() and dm.sample_shape == (2,) and dm.num_classes is None
+    assert torch.isfinite(mean).all() and (std > 0).all() and dm.sample_shape == (2,) and dm.num_classes is None
 
 
 def test_deterministic_under_seed():
