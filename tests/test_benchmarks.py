@@ -18,3 +18,8 @@ def test_overhead_small_mode(tmp_path):
     report = load("overhead").main(["--steps", "2", "--repeats", "1", "--devices", "cpu", "--notes", str(notes)])
     assert "| MLP 2D (moons.yaml) | cpu | 256 | 2 |" in report and "| UNet 32x32 (mnist.yaml) | cpu | 16 | 2 |" in report
     assert notes.read_text() == report
+
+
+def test_dataloader_small_mode(tmp_path):
+    report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4", "--notes", ""])
+    assert "| decode + cache (once," in report and "| train epoch from the cache | 0 |" in report
