@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
-import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from PIL import Image
+
+from report import publish
 
 from lightning_diffusion.data import CelebFacesDataModule
 
@@ -80,17 +78,9 @@ def main(argv: list[str] | None = None) -> str:
             epoch_images_per_second(loader)  # warm-up epoch (worker start-up, page cache)
             rows.append(f"| train epoch from the cache | {workers} | {epoch_images_per_second(loader):.0f} |")
     table = "\n".join(["| stage | workers | images/s |", "| --- | --- | --- |", *rows])
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    report = (
-        f"\n## CelebFaces loading, {date.today()}\n\n`{command}`\n\nMachine: {platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}; batch {args.batch_size}, 64x64, "
-        f"random flips; source: {'generated 300x450 JPEG portraits' if not args.dataset else args.dataset}.\n\n{table}\n"
-    )
-    print(report)
-    if args.notes:
-        with open(args.notes, "a") as f:
-            f.write(report)
-    return report
+    source = args.dataset or "generated 300x450 JPEG portraits"
+    details = f"batch {args.batch_size}, 64x64, random flips; source: {source}."
+    return publish("CelebFaces loading", argv, details, table, args.notes)
 
 
 if __name__ == "__main__":

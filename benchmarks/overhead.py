@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import sys
 import time
-from datetime import date
 
 import lightning as L
 import torch
 from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
+
+from report import publish
 
 from lightning_diffusion import DiffusionModule, diffusion
 from lightning_diffusion.denoisers import MLPDenoiser, UNetDenoiser
@@ -115,17 +114,8 @@ def main(argv: list[str] | None = None) -> str:
         "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead |",
         "| --- | --- | --- | --- | --- | --- | --- |", *rows,
     ])
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    report = (
-        f"\n## Framework overhead, {date.today()}\n\n`{command}`\n\nMachine: {platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, lightning {L.__version__}, "
-        f"best of {args.repeats} alternating measurements.\n\n{table}\n"
-    )
-    print(report)
-    if args.notes:
-        with open(args.notes, "a") as f:
-            f.write(report)
-    return report
+    details = f"lightning {L.__version__}, best of {args.repeats} alternating measurements."
+    return publish("Framework overhead", argv, details, table, args.notes)
 
 
 if __name__ == "__main__":

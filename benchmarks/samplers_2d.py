@@ -9,14 +9,13 @@ data config) and its real-vs-real floor, and appends it with the command and the
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 import yaml
+
+from report import publish
 
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data import Toy2DDataModule
@@ -65,18 +64,8 @@ def main(argv: list[str] | None = None) -> str:
     table = "\n".join(
         ["| sampler | steps | SWD | SWD / floor | seconds |", "| --- | --- | --- | --- | --- |", *rows]
     )
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    report = (
-        f"\n## 2D samplers, {date.today()}\n\n`{command}`\n\nMachine: {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {args.num_samples} samples, SWD in the "
-        f"standardized space.\n\n{table}\n"
-    )
-    print(report)
-    if args.notes:
-        Path(args.notes).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.notes, "a") as f:
-            f.write(report)
-    return report
+    details = f"{args.num_samples} samples, SWD in the standardized space."
+    return publish("2D samplers", argv, details, table, args.notes)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import yaml
 from fakes import make_dataset, write_cifar10, write_idx, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import their shared report module
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt in tests

@@ -1,8 +1,8 @@
 """LightningDataModules: batches ``(x,)`` or ``(x, y)`` in model space, plus what the model must agree with."""
 
-from lightning_diffusion.data.base import DiffusionDataModule, SampleRequests
+from lightning_diffusion.data.base import DiffusionDataModule, ImageDataModule, SampleRequests
 from lightning_diffusion.data.celeb import CelebFacesDataModule
 from lightning_diffusion.data.mnist import MNISTDataModule
 from lightning_diffusion.data.toy2d import Toy2DDataModule, make_toy2d
 
-__all__ = ["CelebFacesDataModule", "DiffusionDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "make_toy2d"]
+__all__ = ["CelebFacesDataModule", "DiffusionDataModule", "ImageDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "make_toy2d"]

@@ -6,7 +6,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 
 class SampleRequests(Dataset):
@@ -82,3 +82,46 @@ class DiffusionDataModule(L.LightningDataModule):
                 f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset."
             )
         return DataLoader(SampleRequests(self.predict_num_samples, labels), batch_size=self.batch_size)
+
+
+def _collate_tuples(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
+    return tuple(default_collate(samples))  # default_collate turns tuples into lists; the contract says tuples
+
+
+class ImageDataModule(DiffusionDataModule):
+    """Base of the image DataModules: `setup` fills `self.splits` ("train", "val" and, where the data has one,
+    "test") with datasets of ``(x,)`` or ``(x, y)`` items; the loaders are built here from the YAML options."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        predict_num_samples: int,
+        predict_class_labels: Optional[list[int]],
+    ) -> None:
+        super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.splits: dict[str, Dataset] = {}  # built by setup
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=_collate_tuples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.splits else "val", shuffle=False)

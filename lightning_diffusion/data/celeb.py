@@ -13,16 +13,12 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 
-from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.data.base import ImageDataModule
 
 _GENDERS = {1: 0, 2: 1}  # the dataset's gender codes (0 unknown, 1 female, 2 male, 3 non-binary) -> class labels
 _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
-
-
-def _collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
-    return tuple(default_collate(samples))  # default_collate turns tuples into lists; the contract says tuples
 
 
 def _square(data: dict[str, Any], size: int) -> np.ndarray:
@@ -53,7 +49,7 @@ class _Faces(Dataset):
         return (x, self.labels[row]) if self.use_labels else (x,)
 
 
-class CelebFacesDataModule(DiffusionDataModule):
+class CelebFacesDataModule(ImageDataModule):
     """Celebrity faces (female / male), center-cropped to squares and scaled to [-1, 1] (data space [0, 1]).
 
     The images are decoded and resized once, by ``prepare_data``, into a uint8 cache in ``root/processed`` (one
@@ -93,13 +89,14 @@ class CelebFacesDataModule(DiffusionDataModule):
         predict_num_samples: int = 64,
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels
+        )
         if image_size < 1 or num_val_samples < 0:
             raise ValueError(f"image_size ({image_size}) must be positive and num_val_samples ({num_val_samples}) "
                              "not negative.")
         self.dataset, self.root, self.image_size, self.labels = dataset, root, image_size, labels
         self.random_flip, self.num_val_samples, self.seed = random_flip, num_val_samples, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         # A local path (it exists, or is spelled like one) or else a Hub id; the cache is named after it.
         self.local = os.path.exists(dataset) or dataset.startswith((".", "/", "~"))
         identity = os.path.realpath(os.path.expanduser(dataset)) if self.local else dataset
@@ -107,7 +104,6 @@ class CelebFacesDataModule(DiffusionDataModule):
         digest = hashlib.sha1(f"{identity}|{_CACHE_VERSION}".encode()).hexdigest()[:10]
         self.cache_path = os.path.join(root, "processed", f"celeb_{slug}_{digest}_train_{image_size}px.npz")
         self.hf_cache = os.path.join(root, "raw", "hf")  # where datasets downloads and converts the source
-        self.splits: dict[str, _Faces] = {}  # train, val: built by setup
 
     # The contract with the model: known from the arguments alone, before any data is read.
     @property
@@ -217,24 +213,3 @@ class CelebFacesDataModule(DiffusionDataModule):
             "train": _Faces(images, labels, order[self.num_val_samples :], self.random_flip, self.labels),
             "val": _Faces(images, labels, order[: self.num_val_samples], False, self.labels),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=_collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)

@@ -8,10 +8,10 @@ import shutil
 from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.data.base import ImageDataModule
 
 ImageDatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
 
@@ -52,10 +52,6 @@ _CLASS_NAMES = {
 }
 
 
-def _collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
-    return tuple(default_collate(samples))  # default_collate turns tuples into lists; the contract says tuples
-
-
 class _Split(Dataset):
     """Items ``indices`` of a torchvision dataset, transformed, as ``(x,)`` or ``(x, y)``."""
 
@@ -71,7 +67,7 @@ class _Split(Dataset):
         return (x, label) if self.labels else (x,)
 
 
-class MNISTDataModule(DiffusionDataModule):
+class MNISTDataModule(ImageDataModule):
     """MNIST, Fashion-MNIST or CIFAR-10 images scaled to [-1, 1] (data space [0, 1]: mean 0.5, std 0.5).
 
     The files are read where torchvision puts them: ``root/MNIST/raw``, ``root/FashionMNIST/raw`` or
@@ -112,16 +108,16 @@ class MNISTDataModule(DiffusionDataModule):
         predict_num_samples: int = 64,
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels
+        )
         if dataset not in _SOURCES:
             raise ValueError(f"Unknown image dataset {dataset!r}: use one of {', '.join(_SOURCES)}.")
         self.dataset, self.root, self.download, self.labels = dataset, root, download, labels
         self.pad_to_32, self.random_flip = pad_to_32, random_flip
         self.num_val_samples, self.seed = num_val_samples, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.source = _SOURCES[dataset]
         self.folder = os.path.join(root, self.source.folder)  # where the files are read from
-        self.splits: dict[str, _Split] = {}  # train, val, test: built by setup
 
     # The contract with the model: known from the arguments alone, before any data is read.
     @property
@@ -197,24 +193,3 @@ class MNISTDataModule(DiffusionDataModule):
             "val": _Split(full_train, order[: self.num_val_samples], evaluate, self.labels),
             "test": _Split(test, list(range(len(test))), evaluate, self.labels),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=_collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
