@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_diffusion.data.base import DiffusionDataModule
-from lightning_diffusion.loggers import SaveConfig
+from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.module import DiffusionModule
 
 # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
@@ -119,9 +119,17 @@ class DiffusionCLI(LightningCLI):
 
     before_validate = before_test = before_predict = _announce
 
+    def _name_wandb_runs(self) -> None:
+        """W&B runs without a name are named after the local run folder: <experiment>/version_N."""
+        csv = self.trainer.loggers[0] if self.trainer.loggers else None
+        for logger in self.trainer.loggers[1:]:
+            if isinstance(logger, WandbLogger) and logger.given_name is None and self.trainer.is_global_zero:
+                logger.experiment.name = f"{csv.name}/version_{csv.version}"
+
     def before_fit(self) -> None:
         self._announce()
         trainer, data = self.trainer, self.datamodule
+        self._name_wandb_runs()
         per_device = getattr(data, "batch_size", None)
         if per_device is not None:
             effective = per_device * trainer.world_size * trainer.accumulate_grad_batches

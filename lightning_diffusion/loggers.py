@@ -30,7 +30,7 @@ class WandbLogger(_WandbLogger):
 
     Args:
         project: W&B project.
-        name: Run name (default: W&B's).
+        name: Run name (default: the local run folder, <experiment>/version_N).
         group: Run group; the CLI sets the experiment name, so that runs of one experiment compare side by side.
         tags: Run tags; the CLI adds the experiment name.
         offline: Force offline (``True``) or online (``False``); ``None`` decides from the credentials.
@@ -59,6 +59,7 @@ class WandbLogger(_WandbLogger):
                     "upload later with `wandb sync`."
                 )
         os.makedirs(save_dir, exist_ok=True)
+        self.given_name = name
         super().__init__(
             project=project, name=name, group=group, tags=tags, offline=offline, save_dir=save_dir,
             log_model=log_model, entity=entity, **kwargs,

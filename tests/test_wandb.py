@@ -40,6 +40,7 @@ def test_offline_run_holds_the_config_and_the_images(no_credentials, run_cli, tm
     assert config["seed_everything"] == 0 and config["model"]["prediction_type"] == "v_prediction"
     assert config["data"]["init_args"]["dataset"] == "moons" and config["experiment"] == "moons"
     assert wandb_logger.experiment.group == "moons" and "moons" in wandb_logger.experiment.tags
+    assert wandb_logger.experiment.name == "moons/version_0"  # named after the local run folder
     wandb.finish()  # what the end of the process does
     assert "logging offline" in caplog.text
     experiment = tmp_path / "outputs" / "moons"
