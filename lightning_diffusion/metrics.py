@@ -23,3 +23,16 @@ def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 256, seed: O
     x_proj, _ = torch.sort(x @ theta, dim=0)  # (N, P)
     y_proj, _ = torch.sort(y @ theta, dim=0)
     return (x_proj - y_proj).pow(2).mean().sqrt()
+
+
+def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 1.0) -> Tensor:
+    """Unbiased squared maximum mean discrepancy (Gretton et al. 2012, eq. 3) with the Gaussian kernel
+    k(a, b) = exp(-|a - b|^2 / (2 bandwidth^2)); near 0 (and possibly slightly negative) for equal distributions."""
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    gamma = 1.0 / (2 * bandwidth**2)
+    k_xx = torch.exp(-gamma * torch.cdist(x, x).pow(2))
+    k_yy = torch.exp(-gamma * torch.cdist(y, y).pow(2))
+    k_xy = torch.exp(-gamma * torch.cdist(x, y).pow(2))
+    n, m = len(x), len(y)
+    off_diagonal_mean = lambda k, size: (k.sum() - k.diagonal().sum()) / (size * (size - 1))  # noqa: E731
+    return off_diagonal_mean(k_xx, n) + off_diagonal_mean(k_yy, m) - 2 * k_xy.mean()

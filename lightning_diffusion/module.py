@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_diffusion import diffusion
 from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
-from lightning_diffusion.metrics import sliced_wasserstein
+from lightning_diffusion.metrics import mmd_rbf, sliced_wasserstein
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
 
@@ -65,8 +65,9 @@ class DiffusionModule(L.LightningModule):
         optimizer: Optimizer, given the parameters.
         lr_scheduler: Learning-rate scheduler, given the optimizer (``None``: constant).
         lr_scheduler_interval: Step the learning-rate scheduler every ``step`` or every ``epoch``.
-        val_num_samples: Samples generated at the end of each validation to compute ``val/swd`` against held-out
-            data, and its real-vs-real floor ``val/swd_floor`` (0: off).
+        val_num_samples: Samples generated at the end of each validation to compute ``val/swd`` (sliced
+            Wasserstein) and ``val/mmd`` (squared MMD, Gaussian kernel of bandwidth 1) against held-out data, with their
+            real-vs-real floors ``val/swd_floor`` and ``val/mmd_floor`` (0: off).
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
         compile: Train through ``torch.compile(denoiser)``; the weights keep their names, so checkpoints load
             with or without it. Sampling runs the plain denoiser.
@@ -303,7 +304,9 @@ class DiffusionModule(L.LightningModule):
         generated = self.sample(m, class_labels=class_labels, generator=generator, data_space=False)
         swd = sliced_wasserstein(generated, real_a)
         floor = sliced_wasserstein(real_b, real_a)
-        self.log_dict({"val/swd": swd, "val/swd_floor": floor, "val/swd_ratio": swd / floor}, sync_dist=True)
+        metrics = {"val/swd": swd, "val/swd_floor": floor, "val/swd_ratio": swd / floor}
+        metrics |= {"val/mmd": mmd_rbf(generated, real_a), "val/mmd_floor": mmd_rbf(real_b, real_a)}
+        self.log_dict(metrics, sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         x0, y = self._unpack(batch)

@@ -32,3 +32,23 @@ def test_shape_mismatch_is_an_error():
 
     with pytest.raises(ValueError, match="same shape"):
         sliced_wasserstein(torch.randn(10, 2), torch.randn(9, 2))
+
+
+def test_mmd_identical_distributions_near_zero():
+    from lightning_diffusion.metrics import mmd_rbf
+
+    torch.manual_seed(2)
+    assert abs(mmd_rbf(torch.randn(2000, 2), torch.randn(2000, 2)).item()) < 2e-3
+
+
+def test_mmd_shifted_gaussians_closed_form():
+    """For N(0, s^2 I) vs N(mu, s^2 I) in d dims and kernel bandwidth b:
+    MMD^2 = 2 (b^2 / (b^2 + 2 s^2))^(d/2) (1 - exp(-|mu|^2 / (2 (b^2 + 2 s^2))))."""
+    from lightning_diffusion.metrics import mmd_rbf
+
+    torch.manual_seed(3)
+    d, s, b = 2, 1.0, 1.0
+    mu = torch.tensor([1.0, 0.5])
+    expected = 2 * (b**2 / (b**2 + 2 * s**2)) ** (d / 2) * (1 - math.exp(-mu.pow(2).sum().item() / (2 * (b**2 + 2 * s**2))))
+    value = mmd_rbf(torch.randn(3000, d) * s, torch.randn(3000, d) * s + mu, bandwidth=b).item()
+    assert abs(value - expected) < 0.01, (value, expected)

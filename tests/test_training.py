@@ -85,3 +85,25 @@ def test_sampler_benchmark_small_mode(trained, tmp_path, capsys):
                          "--samplers", "DDIMScheduler:5", "UniPCMultistepScheduler:5", "--notes", str(notes)])
     assert "| DDIMScheduler | 5 |" in report and "| UniPCMultistepScheduler | 5 |" in report
     assert notes.read_text() == report
+
+
+def test_validate_on_a_checkpoint_writes_metrics_json(trained, tmp_path):
+    import json
+
+    from lightning_diffusion.cli import main
+
+    _, run = trained
+    main([
+        "validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "--model.sampler", "DDPMScheduler", "--model.num_inference_steps", "100",
+        "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])
+    (path,) = tmp_path.rglob("metrics_validate.json")
+    record = json.loads(path.read_text())
+    assert record["sampler"] == "DDPMScheduler" and record["num_inference_steps"] == 100
+    assert record["checkpoint"].endswith("last.ckpt")
+    metrics = record["metrics"]
+    assert {"val/loss", "val/swd", "val/swd_floor", "val/mmd", "val/mmd_floor"} <= set(metrics)
+    # the same EMA weights, sampler and noise as the last validation of fit: the same number
+    fit_metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["val/swd"] == pytest.approx(fit_metrics["val/swd"].dropna().iloc[-1], rel=1e-5)

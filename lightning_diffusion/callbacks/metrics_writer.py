@@ -1,0 +1,40 @@
+"""`validate` and `test` results as JSON in the run folder, with the sampling choices that produced them."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_diffusion.callbacks.common import free_path, run_dir
+
+
+class MetricsWriter(Callback):
+    """After `validate` or `test` (not the validations inside `fit`), writes run_dir/metrics_<stage>.json: every
+    logged metric (already reduced over ranks), the sampler, its steps, the guidance scale and the checkpoint."""
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        hparams = pl_module.hparams
+        record = {
+            "stage": stage,
+            "checkpoint": trainer.ckpt_path,
+            "sampler": hparams.sampler,
+            "num_inference_steps": hparams.num_inference_steps,
+            "guidance_scale": hparams.guidance_scale,
+            "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
+        }
+        path = free_path(run_dir(trainer) / f"metrics_{stage}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+        rank_zero_info(f"Wrote {stage} metrics to {path}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
