@@ -23,3 +23,11 @@ def test_overhead_small_mode(tmp_path):
 def test_dataloader_small_mode(tmp_path):
     report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4", "--notes", ""])
     assert "| decode + cache (once," in report and "| train epoch from the cache | 0 |" in report
+
+
+def test_throughput_small_mode():
+    report = load("throughput").main([
+        "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--configs", "mnist_cond",
+        "--variants", "fp32", "--notes", "",
+    ])
+    assert "| mnist_cond | fp32 |" in report
