@@ -12,6 +12,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.module import DiffusionModule
@@ -70,6 +71,17 @@ class DiffusionCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        config = self.config[subcommand]
+        if config.get("ckpt_path") == "last":  # runs live in new version folders: find the newest checkpoint
+            _set_experiment(config)
+            newest = newest_checkpoint(config.output_dir, config.experiment)
+            if newest is None:
+                sys.stderr.write(
+                    f"error: --ckpt_path last found no last.ckpt or interrupted.ckpt under "
+                    f"{Path(config.output_dir) / config.experiment}/version_*/checkpoints: give a checkpoint path.\n"
+                )
+                raise SystemExit(2)
+            config.ckpt_path = str(newest)
         model = self.config[subcommand].model
         given = {name: model[name] for name in SAMPLING_OPTIONS}
         super()._parse_ckpt_path()
@@ -79,9 +91,7 @@ class DiffusionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         torch.set_float32_matmul_precision(config.float32_matmul_precision)
-        if config.experiment is None:
-            config_files = config.get("config") or []
-            config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
+        _set_experiment(config)
         root = Path(config.output_dir) / config.experiment
         config.trainer.default_root_dir = str(root)
         if config.trainer.logger is False:
@@ -138,6 +148,13 @@ class DiffusionCLI(LightningCLI):
                 f"effective batch size {effective} = {per_device} per device x {trainer.world_size} devices x "
                 f"{trainer.accumulate_grad_batches} accumulated; learning rate {lr} (not rescaled with the batch)"
             )
+
+
+def _set_experiment(config: Namespace) -> None:
+    """The experiment is named by the config (`experiment:`), or else by the last config file's name."""
+    if config.experiment is None:
+        config_files = config.get("config") or []
+        config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
 
 
 def _name(logger: Namespace) -> str:

@@ -1,5 +1,6 @@
 """Callbacks decide when to draw and write; the drawing is in plotting.py and the math in diffusion.py."""
 
+from lightning_diffusion.callbacks.checkpointing import CheckpointOnSignal, ExactResume
 from lightning_diffusion.callbacks.ema import EMA
 from lightning_diffusion.callbacks.metrics_writer import MetricsWriter
 from lightning_diffusion.callbacks.sample_grid import SampleGrid
@@ -7,4 +8,4 @@ from lightning_diffusion.callbacks.sample_plot import SamplePlot
 from lightning_diffusion.callbacks.sample_writer import SampleWriter
 from lightning_diffusion.callbacks.trajectory import TrajectoryPlot
 
-__all__ = ["EMA", "MetricsWriter", "SampleGrid", "SamplePlot", "SampleWriter", "TrajectoryPlot"]
+__all__ = ["CheckpointOnSignal", "EMA", "ExactResume", "MetricsWriter", "SampleGrid", "SamplePlot", "SampleWriter", "TrajectoryPlot"]

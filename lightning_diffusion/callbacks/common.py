@@ -61,14 +61,19 @@ def log_grid(trainer: L.Trainer, key: str, grid: Tensor, filename: str) -> Path:
 
 
 def real_points(trainer: L.Trainer, num_samples: int) -> Tensor:
-    """The first `num_samples` validation points (model space)."""
+    """The first `num_samples` validation points (model space).
+
+    A DataLoader iterator draws its seed from the global generator: the RNG is forked so that drawing plots
+    leaves the training's random stream as it was (and resumed runs replay it exactly).
+    """
     chunks, n = [], 0
-    for batch in trainer.datamodule.val_dataloader():
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch["x"] if isinstance(batch, dict) else batch
-        chunks.append(x)
-        n += len(x)
-        if n >= num_samples:
-            break
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        for batch in trainer.datamodule.val_dataloader():
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch["x"] if isinstance(batch, dict) else batch
+            chunks.append(x)
+            n += len(x)
+            if n >= num_samples:
+                break
     return torch.cat(chunks)[:num_samples]
 
 

@@ -9,6 +9,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 
+def _own_rng(shuffle: bool) -> Optional[torch.Generator]:
+    """Evaluation loaders get a generator of their own: creating a DataLoader iterator otherwise draws a seed from
+    the global generator, so validating would shift the training's random stream (and exact resume would break).
+    The training loader keeps the global one, whose state the checkpoints carry (callbacks.ExactResume)."""
+    return None if shuffle else torch.Generator()
+
+
 class SampleRequests(Dataset):
     """`predict` generates samples rather than reading data: item i is the class label of sample i (-1: none)."""
 
@@ -81,7 +88,9 @@ class DiffusionDataModule(L.LightningDataModule):
             raise ValueError(
                 f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset."
             )
-        return DataLoader(SampleRequests(self.predict_num_samples, labels), batch_size=self.batch_size)
+        return DataLoader(
+            SampleRequests(self.predict_num_samples, labels), batch_size=self.batch_size, generator=_own_rng(False)
+        )
 
 
 def _collate_tuples(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
@@ -115,6 +124,7 @@ class ImageDataModule(DiffusionDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=_collate_tuples,
+            generator=_own_rng(shuffle),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import make_circles, make_moons, make_swiss_roll
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.data.base import DiffusionDataModule, _own_rng
 
 Toy2DName = Literal["moons", "circles", "swissroll", "8gaussians", "checkerboard"]
 
@@ -133,7 +133,7 @@ class Toy2DDataModule(DiffusionDataModule):
         dataset = TensorDataset(*self._splits[split])
         order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         batches = BatchSampler(order, self.batch_size, drop_last=shuffle)
-        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
+        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers, generator=_own_rng(shuffle))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
