@@ -313,14 +313,23 @@ class DiffusionModule(L.LightningModule):
         loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
         self.log("test/loss", loss, sync_dist=True, batch_size=x0.shape[0])
 
-    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Optional[Tensor]]:
-        """`batch` holds the class label of each requested sample (-1: none; see data.SampleRequests)."""
-        labels = batch.long() if self.num_classes else None
+    def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Optional[Tensor]]:
+        """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""
+        requested, indices = batch
+        labels = requested.long() if self.num_classes else None
         if labels is not None and (labels < 0).any():
-            labels = torch.arange(len(batch), device=self.device) % self.num_classes
-        generator = torch.Generator().manual_seed(self.hparams.sample_seed + batch_idx)
-        samples = self.sample(len(batch), class_labels=labels, generator=generator)
-        return {"samples": samples.cpu(), "class_labels": None if labels is None else labels.cpu()}
+            labels = indices.to(self.device) % self.num_classes
+        seed = self.hparams.sample_seed << 32  # sample i of seed s has its own x_T, however the requests are split
+        noise = torch.stack([
+            torch.randn(self.sample_shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in indices
+        ])
+        generator = torch.Generator().manual_seed(seed + int(indices[0]))  # the noise of stochastic samplers
+        samples = self.sample(len(indices), class_labels=labels, generator=generator, noise=noise)
+        return {
+            "samples": samples.cpu(),
+            "class_labels": None if labels is None else labels.cpu(),
+            "indices": indices.cpu(),
+        }
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_fn(self.parameters())

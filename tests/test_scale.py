@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,6 +25,7 @@ SMALL_2D = [
 
 
 def run_subprocess(args, tmp_path, timeout=300):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     result = subprocess.run(
         [sys.executable, "-m", "lightning_diffusion", *args, "--output_dir", str(tmp_path / "outputs"),
@@ -53,6 +55,17 @@ def test_ddp_two_cpu_processes_one_set_of_artifacts(tmp_path, config, fake_mnist
     assert pngs and not any("-1." in name for name in pngs)  # drawn once, by rank zero
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["val/loss"].notna().sum() == 2  # one reduced value per validation
+    if config == "moons":  # predict on 2 ranks: one samples.npz, in request order, as on one device
+        predict = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+                   "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "10",
+                   "--data.init_args.predict_num_samples", "101", "--data.init_args.batch_size", "16"]
+        run_subprocess([*predict, "--trainer.strategy", "ddp", "--trainer.devices", "2"], tmp_path / "ddp_predict")
+        run_subprocess([*predict, "--trainer.devices", "1"], tmp_path / "one_predict")
+        (ddp,) = (tmp_path / "ddp_predict").rglob("samples*.npz")
+        (one,) = (tmp_path / "one_predict").rglob("samples*.npz")
+        assert ddp.name == "samples.npz"
+        ddp, one = np.load(ddp)["samples"], np.load(one)["samples"]
+        assert ddp.shape == one.shape == (101, 2) and np.allclose(ddp, one, atol=1e-4)
 
 
 def test_bf16_mixed_on_cpu_trains(run_cli, tmp_path):

@@ -56,8 +56,9 @@ def test_bad_input():
 
 def test_predict_requests_cycle_the_classes():
     dm = Toy2DDataModule(labels=True, predict_num_samples=5, batch_size=8)
-    assert next(iter(dm.predict_dataloader())).tolist() == [0, 1, 0, 1, 0]
+    labels, indices = next(iter(dm.predict_dataloader()))
+    assert labels.tolist() == [0, 1, 0, 1, 0] and indices.tolist() == [0, 1, 2, 3, 4]
     dm = Toy2DDataModule(predict_num_samples=3)
-    assert next(iter(dm.predict_dataloader())).tolist() == [-1, -1, -1]
+    assert next(iter(dm.predict_dataloader()))[0].tolist() == [-1, -1, -1]
     with pytest.raises(ValueError, match="predict_class_labels"):
         Toy2DDataModule(labels=True, predict_class_labels=[2]).predict_dataloader()

@@ -32,15 +32,25 @@ class SampleWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
-        if not predictions:
+        parts = {key: [p[key] for p in predictions] for key in ("samples", "class_labels", "indices")}
+        if trainer.world_size > 1:  # every rank sends its samples to rank zero, which writes one set of files
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            if not trainer.is_global_zero:
+                return
+            parts = {key: [t for rank in gathered for t in rank[key]] for key in parts}
+        if not parts["samples"]:
             return
+        indices = torch.cat(parts["indices"])
+        # sorted by sample index; DistributedSampler repeats a few requests to even out the ranks: keep one of each
+        position = {int(i): k for k, i in enumerate(indices)}
+        order = torch.tensor([position[i] for i in sorted(position)])
+        samples = torch.cat(parts["samples"])[order]
+        arrays = {"samples": samples.numpy()}
+        if parts["class_labels"][0] is not None:
+            arrays["class_labels"] = torch.cat(parts["class_labels"])[order].numpy()
         folder = run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        suffix = "" if trainer.world_size == 1 else f"_rank{trainer.global_rank}"
-        samples = torch.cat([p["samples"] for p in predictions])
-        arrays = {"samples": samples.numpy()}
-        if predictions[0]["class_labels"] is not None:
-            arrays["class_labels"] = torch.cat([p["class_labels"] for p in predictions]).numpy()
         if samples.ndim == 4:  # images (N, C, H, W) in [0, 1]
             images = samples.clamp(0, 1)
             arrays["samples"] = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -48,7 +58,7 @@ class SampleWriter(BasePredictionWriter):
             nrow = pl_module.num_classes or int(math.ceil(math.sqrt(min(self.grid_size, len(images)))))
             for k, start in enumerate(range(0, len(images), self.grid_size or len(images) + 1)):
                 grid = image_grid(images[start : start + self.grid_size], nrow=nrow)
-                save_image(grid, free_path(folder / f"samples{suffix}_grid_{k:03d}.png"))
-        path = free_path(folder / f"{self.filename.removesuffix('.npz')}{suffix}.npz")
+                save_image(grid, free_path(folder / f"samples_grid_{k:03d}.png"))
+        path = free_path(folder / self.filename)
         np.savez(path, **arrays)
         rank_zero_info(f"Wrote {len(samples)} samples to {path}")

@@ -17,7 +17,10 @@ def _own_rng(shuffle: bool) -> Optional[torch.Generator]:
 
 
 class SampleRequests(Dataset):
-    """`predict` generates samples rather than reading data: item i is the class label of sample i (-1: none)."""
+    """`predict` generates samples rather than reading data: item i is (class label of sample i (-1: none), i).
+
+    The index seeds the sample's noise, so that sample i is the same whatever the batch size or the number of
+    devices, and lets the writer put the samples of all ranks back in order."""
 
     def __init__(self, num_samples: int, class_labels: Optional[list[int]] = None) -> None:
         self.num_samples = num_samples
@@ -26,8 +29,9 @@ class SampleRequests(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(self.class_labels[i % len(self.class_labels)] if self.class_labels else -1)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        label = self.class_labels[i % len(self.class_labels)] if self.class_labels else -1
+        return torch.tensor(label), torch.tensor(i)
 
 
 class DiffusionDataModule(L.LightningDataModule):
