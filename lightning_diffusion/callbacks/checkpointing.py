@@ -17,15 +17,17 @@ from lightning_diffusion.callbacks.common import run_dir
 
 
 def rng_states() -> dict[str, Any]:
-    """The global RNG states (python, numpy, torch, CUDA) as checkpoint-safe values."""
+    """The global RNG states (python, numpy, torch, CUDA of the current device) as checkpoint-safe values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    # The current device only: under DDP rank k draws on device k and every rank loads rank 0's checkpoint; all
+    # ranks are seeded and draw alike, so rank 0's device state is what each rank's own device held.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -35,7 +37,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state(states["cuda"])  # on the current device
 
 
 class ExactResume(Callback):
