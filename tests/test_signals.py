@@ -1,0 +1,207 @@
+"""Stop signals and resume: a SIGTERM during validation stops at the epoch's end and resumes exactly, nothing is
+saved outside fit, under DDP a signal on one rank stops both ranks with a checkpoint, `--ckpt_path last` finds the
+newest checkpoint, and last.ckpt follows every epoch."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+import lightning_diffusion.callbacks as callbacks
+from conftest import REPO
+from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
+
+STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
+SMALL = [
+    "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "512",  # 2 validation batches
+    "--model.val_num_samples", "64", "--model.num_inference_steps", "10", "--trainer.check_val_every_n_epoch", "1",
+]
+
+
+@pytest.fixture
+def config(tmp_path):
+    """configs/moons.yaml with resume.CheckpointOnSignal (the same once callbacks/__init__.py exports that one)."""
+    parsed = yaml.safe_load((REPO / "configs/moons.yaml").read_text())
+    for callback in parsed["trainer"]["callbacks"]:
+        if callback["class_path"].endswith(".CheckpointOnSignal"):
+            callback["class_path"] = "lightning_diffusion.callbacks.CheckpointOnSignal"
+    path = tmp_path / "moons.yaml"
+    path.write_text(yaml.safe_dump(parsed))
+    return str(path)
+
+
+def sigterm_at_validation(epoch=None):
+    """A callback class that sends this process a SIGTERM at the first validation batch (of `epoch`, if given)."""
+
+    class SigtermAtValidation(Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 0 and not trainer.sanity_checking and epoch in (None, trainer.current_epoch):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SigtermAtValidation
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_training_state(a, b):
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for key in ("state_dict", "current_model_state"):  # EMA weights, training weights
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)  # exactly, on one machine
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_sigterm_during_validation_stops_at_the_epoch_end_and_resumes_exactly(run_cli, tmp_path, config, monkeypatch):
+    monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(epoch=1), raising=False)
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "straight")
+    with pytest.raises(SIGTERMException):
+        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "resumed",
+                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
+    interrupted = load(tmp_path / "outputs/resumed/version_0/checkpoints/interrupted.ckpt")
+    assert interrupted["global_step"] == 2 * STEPS_PER_EPOCH  # the validation ran to its end, then the run stopped
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Lightning put back the handler of before the run
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "resumed",
+            "--ckpt_path", "last")  # finds interrupted.ckpt
+    straight = load(tmp_path / "outputs/straight/version_0/checkpoints/last.ckpt")
+    resumed = load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt")
+    assert straight["global_step"] == 3 * STEPS_PER_EPOCH
+    assert_same_training_state(straight, resumed)
+
+
+def test_stop_inside_validation_keeps_training_and_ema_weights_in_place(run_cli, tmp_path, config, monkeypatch):
+    """With validation in the middle of an epoch, a stop agreed just before it comes inside it, while the EMA weights
+    are swapped into the module: the checkpoint must still hold the training weights as training weights."""
+
+    class SigtermBeforeStep6(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(callbacks, "SigtermBeforeStep6", SigtermBeforeStep6, raising=False)
+    mid_epoch = [*SMALL, "--trainer.val_check_interval", "0.5"]  # validation after batches 2 and 4 of each epoch
+    run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_steps", "6", "--experiment", "reference")
+    with pytest.raises(SIGTERMException):
+        run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_epochs", "3", "--experiment", "stopped",
+                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermBeforeStep6")
+    reference = load(tmp_path / "outputs/reference/version_0/checkpoints/last.ckpt")
+    stopped = load(tmp_path / "outputs/stopped/version_0/checkpoints/interrupted.ckpt")
+    assert reference["global_step"] == stopped["global_step"] == 6
+    assert stopped["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["current"]["completed"] == 1  # inside
+    for key in ("state_dict", "current_model_state"):  # EMA weights, training weights
+        for name, value in reference[key].items():
+            assert torch.equal(value, stopped[key][name]), (key, name)
+
+
+def test_sigterm_outside_fit_saves_nothing(run_cli, tmp_path, config, monkeypatch):
+    """A checkpoint of `validate` has no optimizer or EMA state and step 0: `--ckpt_path last` must never find one."""
+    monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(), raising=False)
+    with pytest.raises(SIGTERMException):
+        run_cli("validate", "--config", config, *SMALL,
+                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_sigusr1_outside_slurm_stops_with_a_checkpoint(run_cli, tmp_path, config, monkeypatch, caplog):
+    """SIGUSR1 (SLURM's --signal) would kill a run outside Lightning's SLURM environment: it stops like SIGTERM."""
+
+    class Sigusr1AtStep2(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(callbacks, "Sigusr1AtStep2", Sigusr1AtStep2, raising=False)
+    with pytest.raises(SIGTERMException):
+        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3",
+                "--trainer.callbacks+=lightning_diffusion.callbacks.Sigusr1AtStep2")
+    assert load(tmp_path / "outputs/moons/version_0/checkpoints/interrupted.ckpt")["global_step"] == 3
+    assert "SIGUSR1: saved" in caplog.text
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_last_ckpt_follows_every_epoch_when_validation_is_rarer(run_cli, tmp_path, config):
+    """moons.yaml validates every 20 epochs; a ModelCheckpoint without save_on_train_epoch_end then saves only after
+    validation, so last.ckpt (what a resume after a crash starts from) would be up to 19 epochs old."""
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2")
+    assert load(tmp_path / "outputs/moons/version_0/checkpoints/last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_ddp_sigterm_on_one_rank_stops_both_with_a_checkpoint(tmp_path, config):
+    """Two CPU ranks (gloo); the SIGTERM reaches rank 1 only. With Lightning's own handling rank 1 broadcasts from
+    inside its signal handler and the job dies of a collective mismatch, without a checkpoint."""
+    out = tmp_path / "outputs"
+    command = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", config, *SMALL,
+               "--data.init_args.batch_size", "32", "--trainer.max_epochs", "1000",
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+               "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream,
+                                   stderr=subprocess.STDOUT)
+    checkpoints = out / "moons" / "version_0" / "checkpoints"
+    ranks = [process.pid]
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoints / "last.ckpt").exists():  # both ranks have trained an epoch
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+            ranks += [int(pid) for pid in children.read().split()]  # rank 1, started by Lightning's launcher
+        assert len(ranks) == 2
+        os.kill(ranks[1], signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while _running(ranks[1]):
+            assert time.monotonic() < deadline, "rank 1 outlived rank 0"
+            time.sleep(0.1)
+    finally:
+        for pid in ranks:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    state = load(checkpoints / "interrupted.ckpt")
+    assert state["global_step"] >= load(checkpoints / "last.ckpt")["global_step"] > 0
+    assert "SIGTERM: saved" in log.read_text()
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_newest_checkpoint(tmp_path):
+    root = tmp_path / "moons"
+    assert newest_checkpoint(str(tmp_path), "moons") is None
+
+    def write(relative, mtime):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+        return path
+
+    write("version_0/checkpoints/epoch=9-step=90.ckpt", 100)
+    (root / "version_0/checkpoints/last.ckpt").symlink_to("epoch=9-step=90.ckpt")
+    interrupted = write("version_1/checkpoints/interrupted.ckpt", 200)
+    write("version_1/checkpoints/best-epoch=001.ckpt", 300)  # not a resume point
+    (root / "version_2/checkpoints").mkdir(parents=True)
+    (root / "version_2/checkpoints/last.ckpt").symlink_to("gone.ckpt")  # a link whose target was deleted
+    assert newest_checkpoint(str(tmp_path), "moons") == interrupted
+    hpc = write("hpc_ckpt_1.ckpt", 250)  # Lightning's SLURM requeue checkpoint, in <output_dir>/<experiment>
+    assert newest_checkpoint(str(tmp_path), "moons") == hpc
+    os.utime(root / "version_0/checkpoints/epoch=9-step=90.ckpt", (400, 400))  # the link's target decides
+    assert newest_checkpoint(str(tmp_path), "moons") == root / "version_0/checkpoints/last.ckpt"
