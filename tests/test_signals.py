@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -26,15 +25,8 @@ SMALL = [
 
 
 @pytest.fixture
-def config(tmp_path):
-    """configs/moons.yaml with resume.CheckpointOnSignal (the same once callbacks/__init__.py exports that one)."""
-    parsed = yaml.safe_load((REPO / "configs/moons.yaml").read_text())
-    for callback in parsed["trainer"]["callbacks"]:
-        if callback["class_path"].endswith(".CheckpointOnSignal"):
-            callback["class_path"] = "lightning_diffusion.callbacks.CheckpointOnSignal"
-    path = tmp_path / "moons.yaml"
-    path.write_text(yaml.safe_dump(parsed))
-    return str(path)
+def config():
+    return str(REPO / "configs/moons.yaml")
 
 
 def sigterm_at_validation(epoch=None):

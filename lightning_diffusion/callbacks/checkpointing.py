@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-import threading
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
