@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Literal, Optional
 
 import torch
 
+import lightning as L
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -18,16 +21,26 @@ from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.module import DiffusionModule
 
 # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
-SAMPLING_OPTIONS = ("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed")
+SAMPLING_OPTIONS = (
+    "sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed",
+    "val_num_samples", "sample_metrics", "sample_batch_size",
+)
+DEFAULT_MODEL = "lightning_diffusion.DiffusionModule"
 
 
 class DiffusionCLI(LightningCLI):
-    """LightningCLI with the data linked into the model and every run under <output_dir>/<experiment>/<version>."""
+    """LightningCLI with the data linked into the model and every run under <output_dir>/<experiment>/<version>.
+
+    The model is a DiffusionModule unless the config names another LightningModule with `model: class_path:`
+    (e.g. the ImageClassifier of configs/mnist_classifier.yaml); the data's shape and classes are linked into it.
+    """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        self._diffusion = issubclass(_model_class(args), DiffusionModule)
         super().__init__(
-            DiffusionModule,
+            L.LightningModule,
             DiffusionDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the optimizer is an argument of DiffusionModule
             save_config_callback=SaveConfig,
@@ -55,16 +68,13 @@ class DiffusionCLI(LightningCLI):
             default="outputs",
             help="Root folder of all run artifacts; the CSV/TensorBoard loggers write to <output_dir>/<experiment>.",
         )
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
         # What the model must agree with comes from the data, never typed twice.
-        for source, targets in {
-            "data.sample_shape": ("model.sample_shape", "model.denoiser.init_args.sample_shape"),
-            "data.num_classes": ("model.num_classes", "model.denoiser.init_args.num_classes"),
-            "data.class_names": ("model.class_names",),
-            "data.data_mean": ("model.data_mean",),
-            "data.data_std": ("model.data_std",),
-        }.items():
-            for target in targets:
-                parser.link_arguments(source, target, apply_on="instantiate")
+        for name in ("sample_shape", "num_classes", "class_names", "data_mean", "data_std"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        if self._diffusion:  # and into the denoiser, which is built before the model
+            for name in ("sample_shape", "num_classes"):
+                parser.link_arguments(f"data.{name}", f"model.init_args.denoiser.init_args.{name}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning lays a checkpoint's hyperparameters over the command line; keep the sampling options given here.
@@ -82,11 +92,11 @@ class DiffusionCLI(LightningCLI):
                 )
                 raise SystemExit(2)
             config.ckpt_path = str(newest)
-        model = self.config[subcommand].model
-        given = {name: model[name] for name in SAMPLING_OPTIONS}
+        model = self.config[subcommand].model.init_args
+        given = {name: model[name] for name in SAMPLING_OPTIONS if name in model}
         super()._parse_ckpt_path()
         for name, value in given.items():
-            self.config[subcommand].model[name] = value
+            self.config[subcommand].model.init_args[name] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -127,7 +137,24 @@ class DiffusionCLI(LightningCLI):
             f"run folder {run or trainer.default_root_dir}"
         )
 
-    before_validate = before_test = before_predict = _announce
+    def _prepare_sample_metrics(self) -> None:
+        """Feature extractors are fetched and loaded now, so a missing file is one sentence before any work."""
+        try:
+            for metric in getattr(self.model, "sample_metrics", []):
+                metric.prepare()
+                metric.setup(torch.device("cpu"))
+                if hasattr(metric, "check"):
+                    metric.check(self.model.sample_shape, self.model.num_classes)
+        except ValueError as error:
+            sys.stderr.write(f"error: {error}\n")
+            raise SystemExit(2) from error
+
+    def _before_evaluation(self) -> None:
+        self._prepare_sample_metrics()
+        self._announce()
+
+    before_validate = before_test = _before_evaluation
+    before_predict = _announce
 
     def _name_wandb_runs(self) -> None:
         """W&B runs without a name are named after the local run folder: <experiment>/version_N."""
@@ -137,13 +164,15 @@ class DiffusionCLI(LightningCLI):
                 logger.experiment.name = f"{csv.name}/version_{csv.version}"
 
     def before_fit(self) -> None:
+        self._prepare_sample_metrics()
         self._announce()
         trainer, data = self.trainer, self.datamodule
         self._name_wandb_runs()
         per_device = getattr(data, "batch_size", None)
         if per_device is not None:
             effective = per_device * trainer.world_size * trainer.accumulate_grad_batches
-            lr = self.config[self.subcommand].model.optimizer.init_args.get("lr")
+            optimizer = self.config[self.subcommand].model.init_args.get("optimizer")
+            lr = optimizer.init_args.get("lr") if isinstance(optimizer, Namespace) else None
             rank_zero_info(
                 f"effective batch size {effective} = {per_device} per device x {trainer.world_size} devices x "
                 f"{trainer.accumulate_grad_batches} accumulated; learning rate {lr} (not rescaled with the batch)"
@@ -155,6 +184,31 @@ def _set_experiment(config: Namespace) -> None:
     if config.experiment is None:
         config_files = config.get("config") or []
         config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
+
+
+def _model_class(args: Optional[list[str]]) -> type:
+    """The model class the command line selects: the last `model: class_path:` of its config files or
+    `--model.class_path` options, else DiffusionModule. Known before parsing, because the links depend on it."""
+    args = sys.argv[1:] if args is None else list(args)
+    class_path = DEFAULT_MODEL
+    for i, arg in enumerate(args):
+        key, _, value = arg.partition("=")
+        value = value or (args[i + 1] if i + 1 < len(args) else "")
+        if key == "--config" and Path(value).is_file():
+            model = (yaml.safe_load(Path(value).read_text()) or {}).get("model")
+            class_path = model.get("class_path", class_path) if isinstance(model, dict) else class_path
+        elif key in ("--model.class_path", "--model") and not value.endswith((".yaml", ".yml")):
+            class_path = value
+    if "." not in class_path:  # a bare class name, as LightningCLI accepts
+        class_path = {"DiffusionModule": DEFAULT_MODEL, "ImageClassifier": "lightning_diffusion.ImageClassifier"}.get(
+            class_path, class_path
+        )
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return cls if isinstance(cls, type) else L.LightningModule
+    except (ImportError, AttributeError, ValueError):
+        return L.LightningModule  # not importable: let the parser report it
 
 
 def _name(logger: Namespace) -> str:

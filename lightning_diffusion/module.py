@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from lightning_diffusion import diffusion
 from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
+from lightning_diffusion.evaluation import SampleMetrics
 from lightning_diffusion.metrics import mmd_rbf, sliced_wasserstein
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
@@ -65,9 +66,13 @@ class DiffusionModule(L.LightningModule):
         optimizer: Optimizer, given the parameters.
         lr_scheduler: Learning-rate scheduler, given the optimizer (``None``: constant).
         lr_scheduler_interval: Step the learning-rate scheduler every ``step`` or every ``epoch``.
-        val_num_samples: Samples generated at the end of each validation to compute ``val/swd`` (sliced
-            Wasserstein) and ``val/mmd`` (squared MMD, Gaussian kernel of bandwidth 1) against held-out data, with their
-            real-vs-real floors ``val/swd_floor`` and ``val/mmd_floor`` (0: off).
+        val_num_samples: Samples generated at the end of each validation and test (summed over devices) to compute
+            ``<stage>/swd`` (sliced Wasserstein) and ``<stage>/mmd`` (squared MMD, Gaussian kernel of bandwidth 1)
+            against as many held-out samples, with their real-vs-real floors ``<stage>/swd_floor`` and
+            ``<stage>/mmd_floor``, and the ``sample_metrics`` (0: off). Needs 2x as many held-out samples.
+        sample_metrics: Feature-space metrics of images, e.g. ``InceptionMetrics`` (FID, KID) and
+            ``ClassifierMetrics`` (offline Frechet distance and class-conditional accuracy); see configs/metrics/.
+        sample_batch_size: Samples generated per batch for the metrics (``None``: all at once).
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
         compile: Train through ``torch.compile(denoiser)``; the weights keep their names, so checkpoints load
             with or without it. Sampling runs the plain denoiser.
@@ -94,6 +99,8 @@ class DiffusionModule(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         val_num_samples: int = 0,
+        sample_metrics: Optional[list[SampleMetrics]] = None,
+        sample_batch_size: Optional[int] = None,
         sample_seed: int = 0,
         compile: bool = False,
         sample_shape: tuple[int, ...] = (2,),
@@ -111,6 +118,8 @@ class DiffusionModule(L.LightningModule):
         for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):
             if not isinstance(self.hparams.get(name), (dict, type(None))):
                 self.hparams.pop(name)
+        if not all(isinstance(metric, dict) for metric in self.hparams.get("sample_metrics") or []):
+            self.hparams.pop("sample_metrics")
 
         if getattr(scheduler, "alphas_cumprod", None) is None:
             raise ValueError(
@@ -132,6 +141,13 @@ class DiffusionModule(L.LightningModule):
         if guidance_scale != 1.0 and not num_classes:
             raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes).")
 
+        if sample_metrics and len(sample_shape) != 3:
+            raise ValueError(f"sample_metrics score images (C, H, W), but the samples have shape {tuple(sample_shape)}.")
+        if sample_metrics and not val_num_samples:
+            raise ValueError("sample_metrics are computed on val_num_samples samples: set val_num_samples (e.g. 1000).")
+        if sample_batch_size is not None and sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {sample_batch_size}.")
+
         if guidance_scale != 1.0 and label_dropout == 0.0:
             rank_zero_warn("guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise.")
 
@@ -143,6 +159,7 @@ class DiffusionModule(L.LightningModule):
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
         self.class_names = class_names
+        self.sample_metrics = list(sample_metrics or [])  # a plain list: their networks stay out of the state_dict
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         stats_shape = (1, -1, *([1] * (len(self.sample_shape) - 1)))  # broadcasts over (B, C, ...) or (B, D)
         mean = torch.tensor(data_mean if data_mean is not None else [0.0]).view(stats_shape)
@@ -223,7 +240,16 @@ class DiffusionModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
 
+    def prepare_data(self) -> None:
+        for metric in self.sample_metrics:  # downloads, once per node
+            metric.prepare()
+
     def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate", "test"):  # feature extractors load now: a missing file fails before training
+            for metric in self.sample_metrics:
+                metric.setup(self.device)
+                if hasattr(metric, "check"):
+                    metric.check(self.sample_shape, self.num_classes)
         if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
             # held outside the module tree, so that the state_dict has no "_orig_mod." names
             object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
@@ -282,36 +308,63 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def _evaluation_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
         x0, y = self._unpack(batch)
         loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=x0.shape[0])
         if self.hparams.val_num_samples and sum(len(p) for p in self._val_points) < 2 * self.hparams.val_num_samples:
             self._val_points.append(x0.detach())
             if y is not None:
                 self._val_labels.append(y.detach())
 
-    def on_validation_epoch_end(self) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "test")
+
+    def _gather(self, x: Tensor) -> Tensor:
+        """Every rank's (equal-size) x, concatenated: metrics over all devices' samples, the same on every rank."""
+        return self.all_gather(x).flatten(0, 1) if self.trainer.world_size > 1 else x
+
+    def _sample_quality(self, stage: str) -> None:
         points, labels = self._val_points, self._val_labels
         self._val_points, self._val_labels = [], []
         if not points or self.trainer.sanity_checking:
             return
         real = torch.cat(points)
-        m = min(self.hparams.val_num_samples, len(real) // 2)
+        m = min(self.hparams.val_num_samples // self.trainer.world_size, len(real) // 2)
+        m = int(self.trainer.strategy.reduce(torch.tensor(m, device=self.device), reduce_op="min"))
         real_a, real_b = real[:m], real[m : 2 * m]
-        class_labels = torch.cat(labels)[:m] if labels else None  # same class proportions as real_a
-        generator = torch.Generator().manual_seed(self.hparams.sample_seed)
-        generated = self.sample(m, class_labels=class_labels, generator=generator, data_space=False)
+        labels_a = torch.cat(labels)[:m] if labels else None  # generate the class proportions of real_a
+        labels_b = torch.cat(labels)[m : 2 * m] if labels else None
+        # each rank its own noise: seed offset by the rank, the same for every evaluation
+        generator = torch.Generator().manual_seed(self.hparams.sample_seed + 7919 * self.global_rank)
+        chunk = self.hparams.sample_batch_size or m
+        generated = torch.cat([
+            self.sample(len(part), class_labels=None if labels_a is None else labels_a[start : start + len(part)],
+                        generator=generator, data_space=False)
+            for start, part in zip(range(0, m, chunk), real_a.split(chunk))
+        ])
+        real_a, real_b, generated = self._gather(real_a), self._gather(real_b), self._gather(generated)
+        if labels_a is not None:
+            labels_a, labels_b = self._gather(labels_a), self._gather(labels_b)
         swd = sliced_wasserstein(generated, real_a)
         floor = sliced_wasserstein(real_b, real_a)
-        metrics = {"val/swd": swd, "val/swd_floor": floor, "val/swd_ratio": swd / floor}
-        metrics |= {"val/mmd": mmd_rbf(generated, real_a), "val/mmd_floor": mmd_rbf(real_b, real_a)}
-        self.log_dict(metrics, sync_dist=True)
+        metrics = {"swd": swd, "swd_floor": floor, "swd_ratio": swd / floor}
+        metrics |= {"mmd": mmd_rbf(generated, real_a), "mmd_floor": mmd_rbf(real_b, real_a)}
+        if self.sample_metrics:  # in data space, where images are in [0, 1]
+            images = [self.to_data_space(x).float() for x in (generated, real_a, real_b)]
+            for metric in self.sample_metrics:
+                metrics |= metric.evaluate(images[0], images[1], images[2], labels_a, labels_b)
+        # every rank holds the same values (computed on the gathered samples)
+        self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        x0, y = self._unpack(batch)
-        loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", loss, sync_dist=True, batch_size=x0.shape[0])
+    def on_validation_epoch_end(self) -> None:
+        self._sample_quality("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._sample_quality("test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Optional[Tensor]]:
         """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""

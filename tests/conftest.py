@@ -52,19 +52,22 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
     parsed = yaml.safe_load(config.read_text())
     if parsed["data"]["class_path"].endswith("Toy2DDataModule"):
         return []
-    levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
+    classifier = parsed["model"].get("class_path", "").endswith("ImageClassifier")
     if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
         data = ["--data.init_args.dataset", str(celeb_dir), "--data.init_args.root", str(data_root),
                 "--data.init_args.num_val_samples", "8"]
     else:
         data = ["--data.init_args.root", str(data_root), "--data.init_args.download", "false",
                 "--data.init_args.num_val_samples", "16"]
+    data += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+        "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",
+        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "8",
+    ]
+    if classifier:
+        return [*data, "--model.width", "8"]
+    levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
     return [*data,
         # the config's UNet, as many levels and attention blocks, 32 channels wide
         "--model.denoiser.init_args.block_out_channels", str([32] * levels),
-        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",
-        "--data.init_args.persistent_workers", "false",
-        "--data.init_args.batch_size", "8",
         "--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2",
     ]

@@ -37,7 +37,7 @@ def test_offline_run_holds_the_config_and_the_images(no_credentials, run_cli, tm
     wandb_logger = cli.trainer.loggers[1]
     assert type(wandb_logger).__name__ == "WandbLogger" and wandb_logger._offline
     config = dict(wandb_logger.experiment.config)  # the full resolved CLI config, not only the model's hparams
-    assert config["seed_everything"] == 0 and config["model"]["prediction_type"] == "v_prediction"
+    assert config["seed_everything"] == 0 and config["model"]["init_args"]["prediction_type"] == "v_prediction"
     assert config["data"]["init_args"]["dataset"] == "moons" and config["experiment"] == "moons"
     assert wandb_logger.experiment.group == "moons" and "moons" in wandb_logger.experiment.tags
     assert wandb_logger.experiment.name == "moons/version_0"  # named after the local run folder
@@ -64,5 +64,5 @@ def test_sweep_command_drives_the_real_cli(run_cli, capsys):
     with pytest.raises(SystemExit):
         run_cli(*args, *overrides, "--print_config")
     config = _yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.004
-    assert config["model"]["prediction_type"] == "v_prediction" and config["experiment"] == "moons_lr_sweep"
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.004
+    assert config["model"]["init_args"]["prediction_type"] == "v_prediction" and config["experiment"] == "moons_lr_sweep"

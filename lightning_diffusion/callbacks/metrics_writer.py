@@ -13,7 +13,8 @@ from lightning_diffusion.callbacks.common import free_path, run_dir
 
 class MetricsWriter(Callback):
     """After `validate` or `test` (not the validations inside `fit`), writes run_dir/metrics_<stage>.json: every
-    logged metric (already reduced over ranks), the sampler, its steps, the guidance scale and the checkpoint."""
+    logged metric (already reduced over ranks), the sampler, its steps, the guidance scale, the number of samples the
+    sample metrics used and the checkpoint (the sampling fields are null for models that do not sample)."""
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
@@ -22,9 +23,10 @@ class MetricsWriter(Callback):
         record = {
             "stage": stage,
             "checkpoint": trainer.ckpt_path,
-            "sampler": hparams.sampler,
-            "num_inference_steps": hparams.num_inference_steps,
-            "guidance_scale": hparams.guidance_scale,
+            "sampler": hparams.get("sampler"),
+            "num_inference_steps": hparams.get("num_inference_steps"),
+            "guidance_scale": hparams.get("guidance_scale"),
+            "num_samples": hparams.get("val_num_samples"),
             "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
         }
         path = free_path(run_dir(trainer) / f"metrics_{stage}.json")
