@@ -156,8 +156,19 @@ def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_roo
     assert record["metrics"]["test/classifier_accuracy_real"] > 0.9  # the judge knows the real digits
     assert record["metrics"]["test/classifier_fd_floor"] < record["metrics"]["test/classifier_fd"]  # 2 steps of training
 
+    # the image sampler benchmark's small mode, on this checkpoint and classifier
+    import samplers_images
 
-def test_missing_classifier_fails_before_training(fake_mnist_root, tmp_path, run_cli, capsys):
+    ckpt = tmp_path / "outputs/mnist_cond/version_0/checkpoints/last.ckpt"
+    report = samplers_images.main(["--ckpt", str(ckpt), "--classifier", str(experiment), "--num_samples", "10",
+                                   "--samplers", "DDIMScheduler:2", "UniPCMultistepScheduler:3", "--notes", ""])
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len(rows) == 5 and rows[2].startswith("| real vs real (floor) | - |")  # header, rule, floor, 2 samplers
+    assert rows[4].startswith("| UniPCMultistepScheduler | 3 | ")
+
+
+def test_missing_classifier_fails_before_training(fake_mnist_root, tmp_path, run_cli, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the fragment's relative outputs/mnist_classifier: none here
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", "--config", str(MNIST_COND), "--config", str(REPO / "configs/metrics/mnist_classifier.yaml"),
                 *cpu_overrides(MNIST_COND, fake_mnist_root), "--model.val_num_samples", "8")
