@@ -20,20 +20,12 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from report import publish
+from samplers_2d import SAMPLERS  # the same sampler set as the 2D table
 
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.evaluation import ClassifierMetrics
 
-SAMPLERS = [
-    ("DDPMScheduler", 1000),
-    ("DDIMScheduler", 50),
-    ("DDIMScheduler", 20),
-    ("DPMSolverMultistepScheduler", 20),
-    ("DPMSolverMultistepScheduler", 10),
-    ("EulerDiscreteScheduler", 50),
-    ("UniPCMultistepScheduler", 10),
-]
 
 
 def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:

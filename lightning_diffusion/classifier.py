@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_diffusion.module import _Factory
+from lightning_diffusion.module import _Factory, configure_optimizers
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -108,8 +108,4 @@ class ImageClassifier(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_fn(self.parameters())
-        if self.lr_scheduler_fn is None:
-            return optimizer
-        scheduler = self.lr_scheduler_fn(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+        return configure_optimizers(self)

@@ -46,6 +46,16 @@ class _Factory:
         return self
 
 
+def configure_optimizers(module: L.LightningModule) -> Any:
+    """The optimizer of `module.optimizer_fn` and, if any, the LR scheduler of `module.lr_scheduler_fn`, stepped
+    every `lr_scheduler_interval` (a hyperparameter)."""
+    optimizer = module.optimizer_fn(module.parameters())
+    if module.lr_scheduler_fn is None:
+        return optimizer
+    scheduler = module.lr_scheduler_fn(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": module.hparams.lr_scheduler_interval}}
+
+
 class DiffusionModule(L.LightningModule):
     """Trains a denoiser on the forward process of a diffusers scheduler and samples with any diffusers sampler.
 
@@ -385,8 +395,4 @@ class DiffusionModule(L.LightningModule):
         }
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_fn(self.parameters())
-        if self.lr_scheduler_fn is None:
-            return optimizer
-        scheduler = self.lr_scheduler_fn(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+        return configure_optimizers(self)
