@@ -139,12 +139,11 @@ class DiffusionCLI(LightningCLI):
 
     def _prepare_sample_metrics(self) -> None:
         """Feature extractors are fetched and loaded now, so a missing file is one sentence before any work."""
-        try:
-            for metric in getattr(self.model, "sample_metrics", []):
-                metric.prepare()
-                metric.setup(torch.device("cpu"))
-                if hasattr(metric, "check"):
-                    metric.check(self.model.sample_shape, self.model.num_classes)
+        if not isinstance(self.model, DiffusionModule):
+            return
+        try:  # the module's own hooks, called early; inside the run Lightning calls them again and they find all loaded
+            self.model.prepare_data()
+            self.model.load_sample_metrics(torch.device("cpu"))
         except ValueError as error:
             sys.stderr.write(f"error: {error}\n")
             raise SystemExit(2) from error

@@ -57,11 +57,13 @@ def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int =
 class SampleMetrics:
     """Scores generated images against real ones in the feature space of `_features`.
 
-    ``evaluate`` returns ``{<name>_fd, <name>_fd_floor, <name>_kid}``: Frechet distance generated vs real,
-    the same between two disjoint real sets (the floor), and KID generated vs real.
+    ``evaluate`` returns the Frechet distance generated vs real (``fd``), the same between two disjoint real sets
+    (``fd_floor``) and KID generated vs real (``kid``); for extractors with logits also ``accuracy`` (generated
+    samples classified as the class they were asked for) and ``accuracy_real`` (on the real floor set). Each is
+    logged under the name that `names` gives it.
     """
 
-    name = "features"
+    names = {"fd": "fd", "fd_floor": "fd_floor", "kid": "kid", "accuracy": "accuracy", "accuracy_real": "accuracy_real"}
 
     def __init__(self, batch_size: int = 200, kid_subset_size: int = 100) -> None:
         self.batch_size = batch_size
@@ -72,6 +74,9 @@ class SampleMetrics:
 
     def setup(self, device: torch.device) -> None:
         """Load the feature extractor onto `device`; raise a one-sentence error before long work if it cannot."""
+
+    def check(self, sample_shape: tuple[int, ...], num_classes: Optional[int]) -> None:
+        """One sentence if the extractor cannot score samples of this shape and classes (after `setup`)."""
 
     def _features(self, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """(features, logits or None) of images in data space [0, 1], (N, C, H, W)."""
@@ -88,14 +93,19 @@ class SampleMetrics:
         self, generated: Tensor, real: Tensor, real_floor: Tensor, generated_labels: Optional[Tensor] = None,
         real_floor_labels: Optional[Tensor] = None,
     ) -> dict[str, Tensor]:
-        f_gen, _ = self.features(generated)
+        f_gen, logits_gen = self.features(generated)
         f_real, _ = self.features(real)
-        f_floor, _ = self.features(real_floor)
-        return {
-            f"{self.name}_fd": frechet_distance(f_real, f_gen),
-            f"{self.name}_fd_floor": frechet_distance(f_real, f_floor),
-            f"{self.name}_kid": kernel_distance(f_real, f_gen, self.kid_subset_size),
+        f_floor, logits_floor = self.features(real_floor)
+        metrics = {
+            "fd": frechet_distance(f_real, f_gen),
+            "fd_floor": frechet_distance(f_real, f_floor),
+            "kid": kernel_distance(f_real, f_gen, self.kid_subset_size),
         }
+        if logits_gen is not None and generated_labels is not None:
+            metrics["accuracy"] = (logits_gen.argmax(1) == generated_labels).double().mean()
+        if logits_floor is not None and real_floor_labels is not None:
+            metrics["accuracy_real"] = (logits_floor.argmax(1) == real_floor_labels).double().mean()
+        return {self.names[name]: value for name, value in metrics.items()}
 
 
 class InceptionMetrics(SampleMetrics):
@@ -110,7 +120,7 @@ class InceptionMetrics(SampleMetrics):
         kid_subset_size: Subset size of KID (at most the number of samples).
     """
 
-    name = "inception"
+    names = {"fd": "fid", "fd_floor": "fid_floor", "kid": "kid"}
 
     def __init__(self, weights_path: str = INCEPTION_PATH, batch_size: int = 100, kid_subset_size: int = 100) -> None:
         super().__init__(batch_size, kid_subset_size)
@@ -154,9 +164,6 @@ class InceptionMetrics(SampleMetrics):
         uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)  # the TF-FID input convention
         return self._inception(uint8), None
 
-    def evaluate(self, generated, real, real_floor, generated_labels=None, real_floor_labels=None):
-        metrics = super().evaluate(generated, real, real_floor)
-        return {"fid": metrics["inception_fd"], "fid_floor": metrics["inception_fd_floor"], "kid": metrics["inception_kid"]}
 
 
 class ClassifierMetrics(SampleMetrics):
@@ -173,7 +180,7 @@ class ClassifierMetrics(SampleMetrics):
         kid_subset_size: Subset size of KID (at most the number of samples).
     """
 
-    name = "classifier"
+    names = {name: f"classifier_{name}" for name in SampleMetrics.names}
 
     def __init__(self, checkpoint: str, batch_size: int = 500, kid_subset_size: int = 100) -> None:
         super().__init__(batch_size, kid_subset_size)
@@ -215,18 +222,3 @@ class ClassifierMetrics(SampleMetrics):
             self.setup(images.device)
         features = self._classifier.features(self._classifier.from_data_space(images.float()))
         return features, self._classifier.head(features)
-
-    def evaluate(self, generated, real, real_floor, generated_labels=None, real_floor_labels=None):
-        f_gen, logits_gen = self.features(generated)
-        f_real, _ = self.features(real)
-        f_floor, logits_floor = self.features(real_floor)
-        metrics = {
-            "classifier_fd": frechet_distance(f_real, f_gen),
-            "classifier_fd_floor": frechet_distance(f_real, f_floor),
-            "classifier_kid": kernel_distance(f_real, f_gen, self.kid_subset_size),
-        }
-        if generated_labels is not None:
-            metrics["classifier_accuracy"] = (logits_gen.argmax(1) == generated_labels).double().mean()
-        if real_floor_labels is not None:
-            metrics["classifier_accuracy_real"] = (logits_floor.argmax(1) == real_floor_labels).double().mean()
-        return metrics

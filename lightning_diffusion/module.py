@@ -254,12 +254,16 @@ class DiffusionModule(L.LightningModule):
         for metric in self.sample_metrics:  # downloads, once per node
             metric.prepare()
 
+    def load_sample_metrics(self, device: torch.device) -> None:
+        """Loads the metrics' feature extractors onto `device` and checks they fit this model's samples (each once;
+        later calls only move them): a missing or mismatched file is one sentence before training."""
+        for metric in self.sample_metrics:
+            metric.setup(device)
+            metric.check(self.sample_shape, self.num_classes)
+
     def setup(self, stage: str) -> None:
-        if stage in ("fit", "validate", "test"):  # feature extractors load now: a missing file fails before training
-            for metric in self.sample_metrics:
-                metric.setup(self.device)
-                if hasattr(metric, "check"):
-                    metric.check(self.sample_shape, self.num_classes)
+        if stage in ("fit", "validate", "test"):
+            self.load_sample_metrics(self.device)
         if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
             # held outside the module tree, so that the state_dict has no "_orig_mod." names
             object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
@@ -346,8 +350,9 @@ class DiffusionModule(L.LightningModule):
         m = min(self.hparams.val_num_samples // self.trainer.world_size, len(real) // 2)
         m = int(self.trainer.strategy.reduce(torch.tensor(m, device=self.device), reduce_op="min"))
         real_a, real_b = real[:m], real[m : 2 * m]
-        labels_a = torch.cat(labels)[:m] if labels else None  # generate the class proportions of real_a
-        labels_b = torch.cat(labels)[m : 2 * m] if labels else None
+        all_labels = torch.cat(labels) if labels else None
+        labels_a = all_labels[:m] if labels else None  # generate the class proportions of real_a
+        labels_b = all_labels[m : 2 * m] if labels else None
         # each rank its own noise: seed offset by the rank, the same for every evaluation
         generator = torch.Generator().manual_seed(self.hparams.sample_seed + 7919 * self.global_rank)
         chunk = self.hparams.sample_batch_size or m
