@@ -153,7 +153,11 @@ def sample(
     `callback(i, t, x_t, x0_pred)` receives the new sample and the current estimate of x0.
     """
     sampler.set_timesteps(num_inference_steps, device=noise.device)
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(sampler.step).parameters else {}
+    parameters = inspect.signature(sampler.step).parameters
+    step_kwargs = {"generator": generator} if "generator" in parameters else {}
+    if "use_clipped_model_output" in parameters and (sampler.config.get("clip_sample") or sampler.config.get("thresholding")):
+        # DDIM: step with the eps implied by the clipped x0, or x0 and eps disagree (grey, noisy backgrounds)
+        step_kwargs["use_clipped_model_output"] = True
     prediction_type = sampler.config.prediction_type
     x = noise.float() * sampler.init_noise_sigma
     for i, t in enumerate(sampler.timesteps):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -183,10 +184,22 @@ class DiffusionModule(L.LightningModule):
     # ---------------------------------------------------------------- sampling
 
     def make_sampler(self, name: Optional[str] = None) -> SchedulerMixin:
-        """A fresh sampler from the training scheduler's config, so the betas always agree."""
+        """A fresh sampler from the training scheduler's config, so the betas always agree.
+
+        Samplers keep the training scheduler's clipping of x0 to [-1, 1] (`clip_sample`, the image range): those
+        without a `clip_sample` option (DPM-Solver, UniPC) get it as thresholding capped at 1, which is that clip.
+        Unclipped, their x0 predictions of an eps-model at high noise leave the pixel range far behind.
+        """
         cls = sampler_class(name) if name is not None else self._sampler_class
-        kwargs = {**(self.hparams.sampler_kwargs or {}), "prediction_type": self.prediction_type}
-        return cls.from_config(self.scheduler.config, **kwargs)
+        config, options = self.scheduler.config, inspect.signature(cls.__init__).parameters
+        clip = (
+            config.get("clip_sample") and config.get("clip_sample_range", 1.0) == 1.0
+            and "clip_sample" not in options and "thresholding" in options
+            and len(self.sample_shape) > 1  # diffusers thresholds (C, H, W) samples only
+        )
+        kwargs = {"thresholding": True, "sample_max_value": 1.0} if clip else {}
+        kwargs.update({**(self.hparams.sampler_kwargs or {}), "prediction_type": self.prediction_type})
+        return cls.from_config(config, **kwargs)
 
     def to_data_space(self, x: Tensor) -> Tensor:
         return x * self.data_std + self.data_mean

@@ -116,3 +116,28 @@ def test_reverse_loop_with_oracle_denoiser(scheduler, name):
     )
     assert len(seen) == len(sampler.timesteps) and seen[-1][1] == (16, 2)
     assert torch.allclose(out, target.expand(16, 2), atol=0.05)
+
+
+def test_ddim_steps_with_the_eps_of_its_clipped_x0():
+    """DDIM with clip_sample steps with the eps implied by the clipped x0, so every x_t stays on that x0's path,
+    x_t = sqrt(a_t) x0c + sqrt(1 - a_t) eps_c with one eps_c; stepping with the raw eps, x_t and x0 disagree."""
+    import diffusers
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
+    target = torch.tensor([3.0, 0.5])  # a point mass, its first coordinate outside [-1, 1]
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x_t, t, class_labels=None):
+            alpha_bar = diffusion.alpha_bar_at(scheduler.alphas_cumprod, t.long(), x_t)
+            return (x_t - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
+
+    sampler = diffusers.DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    path = []
+    diffusion.sample(Oracle(), sampler, noise, 20, callback=lambda i, t, x, x0: path.append(x))
+    a = scheduler.alphas_cumprod
+    x0c, a_T = target.clamp(-1, 1), a[sampler.timesteps[0]]
+    eps_c = (noise - a_T.sqrt() * x0c) / (1 - a_T).sqrt()
+    for x, t_prev in zip(path, sampler.timesteps[1:]):  # after step i the sample is at the next timestep
+        assert torch.allclose(x, a[t_prev].sqrt() * x0c + (1 - a[t_prev]).sqrt() * eps_c, atol=1e-4)
+    assert torch.allclose(path[-1], x0c.expand(4, 2), atol=1e-4)

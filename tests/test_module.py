@@ -120,3 +120,32 @@ def test_plots_are_pure_figures():
         tracked = ax.collections[-1]
         assert tracked.get_offsets().shape == (1, 2)
         assert tuple(tracked.get_facecolor()[0][:3]) == pytest.approx((0.17254902, 0.62745098, 0.17254902))
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_samplers_keep_the_training_clip(name):
+    """With clip_sample, every sampler that can clip lands on the clip boundary for a point mass outside [-1, 1]:
+    DPM-Solver/UniPC through thresholding capped at 1, DDIM through the eps of the clipped x0 (with the raw eps its
+    update disagrees with its own x0 and ends elsewhere)."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
+    target = torch.tensor([[[3.0, -0.5], [0.2, -4.0]]])  # one 2x2 image
+
+    class Oracle(torch.nn.Module):  # the exact eps of a point mass at target
+        def forward(self, x_t, t, class_labels=None):
+            alpha_bar = diffusion.alpha_bar_at(scheduler.alphas_cumprod, t.round().long(), x_t)
+            return (x_t - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
+
+    model = DiffusionModule(denoiser=Oracle(), scheduler=scheduler, sampler=name, sample_shape=(1, 2, 2),
+                            sampler_kwargs={"timestep_spacing": "trailing"})
+    x = model.sample(8, num_inference_steps=20, generator=torch.Generator().manual_seed(0), data_space=False)
+    assert torch.allclose(x, target.clamp(-1, 1).expand(8, 1, 2, 2), atol=1e-3), x[0]
+
+
+def test_clip_carry_over_is_overridable():
+    clipped = DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(clip_sample=True), sample_shape=(1, 4, 4))
+    sampler = clipped.make_sampler("DPMSolverMultistepScheduler")
+    assert sampler.config.thresholding and sampler.config.sample_max_value == 1.0
+    assert not DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,)).make_sampler(
+        "DPMSolverMultistepScheduler").config.thresholding  # no clip to carry (the 2D configs)
+    clipped.hparams.sampler_kwargs = {"thresholding": False}  # a config's own choice wins
+    assert not clipped.make_sampler("DPMSolverMultistepScheduler").config.thresholding
