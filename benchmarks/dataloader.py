@@ -1,10 +1,13 @@
-"""Loading throughput of CelebFacesDataModule: the one-time decode into the cache, then images/s per epoch.
+"""Loading throughput of the image configs' data: CelebFacesDataModule's one-time decode into the cache, then
+images/s per training epoch of it and of MNISTDataModule (as configs/celeb_cond.yaml and configs/mnist_cond.yaml
+load them).
 
-    python benchmarks/dataloader.py                        # 2000 generated 300x450 JPEG portraits
-    python benchmarks/dataloader.py --dataset <parquet folder or hub id> --root data   # real data
+    python benchmarks/dataloader.py                        # generated portraits and digits
+    python benchmarks/dataloader.py --dataset <parquet folder or hub id> --root data --mnist_root data   # real data
 
 With no dataset given it writes a parquet folder of generated portraits shaped like TMDB profile photos (this
-machine cannot download ashraq/tmdb-celeb-10k), so the decode figure is for those JPEGs. Prints a table and
+machine cannot download ashraq/tmdb-celeb-10k), so the decode figure is for those JPEGs; without --mnist_root it
+writes random 28x28 digits as IDX files (MNIST's per-image cost does not depend on the pixels). Prints a table and
 appends it, with the command and the machine, to notes/benchmarks.md.
 """
 
@@ -22,7 +25,9 @@ from PIL import Image
 
 from report import publish
 
-from lightning_diffusion.data import CelebFacesDataModule
+from mnist_5k import write_idx
+
+from lightning_diffusion.data import CelebFacesDataModule, MNISTDataModule
 
 
 def generated_portraits(folder: Path, n: int, width: int = 300, height: int = 450) -> Path:
@@ -51,12 +56,35 @@ def epoch_images_per_second(loader) -> float:
     return n / (time.perf_counter() - start)
 
 
+def generated_digits(root: Path, n: int) -> Path:
+    """n random 28x28 digits (and n // 6 test ones) as MNIST IDX files under root/MNIST/raw."""
+    rng = np.random.default_rng(0)
+    num_test = n // 6
+    images = rng.integers(0, 256, (n + num_test, 28, 28), dtype=np.uint8)
+    write_idx(root / "MNIST" / "raw", images, rng.integers(0, 10, n + num_test, dtype=np.uint8), num_test)
+    return root
+
+
+def epochs(data, workers: list[int], stage: str) -> list[str]:
+    """A table row per worker count: images/s of a training epoch, after a warm-up epoch."""
+    rows = []
+    for num_workers in workers:
+        data.num_workers, data.persistent_workers = num_workers, False
+        loader = data.train_dataloader()
+        epoch_images_per_second(loader)  # warm-up epoch (worker start-up, page cache)
+        rows.append(f"| {stage} | {num_workers} | {epoch_images_per_second(loader):.0f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=None, help="a parquet/save_to_disk folder or a hub id (default: generated)")
     parser.add_argument("--num_images", type=int, default=2000, help="generated portraits when --dataset is not given")
     parser.add_argument("--root", default=None, help="data root for the cache (default: a temporary folder)")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64, help="CelebFaces batch (configs/celeb_cond.yaml's)")
+    parser.add_argument("--mnist_root", default=None, help="a data root with MNIST (default: generated digits)")
+    parser.add_argument("--num_digits", type=int, default=10000, help="generated digits without --mnist_root")
+    parser.add_argument("--mnist_batch_size", type=int, default=128, help="configs/mnist_cond.yaml's")
     parser.add_argument("--workers", nargs="*", type=int, default=[0, 2])
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
@@ -71,16 +99,20 @@ def main(argv: list[str] | None = None) -> str:
         decode_seconds = time.perf_counter() - start
         data.setup("fit")
         cached = len(data.train_dataloader().dataset) + len(data.val_dataloader().dataset)
-        rows = [f"| decode + cache (once, {cached} kept faces) | - | {cached / decode_seconds:.0f} |"]
-        for workers in args.workers:
-            data.num_workers, data.persistent_workers = workers, False
-            loader = data.train_dataloader()
-            epoch_images_per_second(loader)  # warm-up epoch (worker start-up, page cache)
-            rows.append(f"| train epoch from the cache | {workers} | {epoch_images_per_second(loader):.0f} |")
+        rows = [f"| CelebFaces: decode + cache (once, {cached} kept faces) | - | {cached / decode_seconds:.0f} |"]
+        rows += epochs(data, args.workers, "CelebFaces: train epoch from the cache")
+
+        mnist_root = args.mnist_root or str(generated_digits(Path(tmp) / "digits", args.num_digits))
+        digits = MNISTDataModule(root=mnist_root, download=False, labels=True, pad_to_32=True, num_val_samples=0,
+                                 batch_size=args.mnist_batch_size)  # the epoch: every training digit
+        digits.prepare_data()
+        digits.setup("fit")
+        rows += epochs(digits, args.workers, f"MNIST: train epoch ({len(digits.train_dataloader().dataset)} digits)")
     table = "\n".join(["| stage | workers | images/s |", "| --- | --- | --- |", *rows])
-    source = args.dataset or "generated 300x450 JPEG portraits"
-    details = f"batch {args.batch_size}, 64x64, random flips; source: {source}."
-    return publish("CelebFaces loading", argv, details, table, args.notes)
+    celeb = args.dataset or "generated 300x450 JPEG portraits"
+    details = (f"CelebFaces: batch {args.batch_size}, 64x64, random flips, source {celeb}; MNIST: batch "
+               f"{args.mnist_batch_size}, padded to 32x32, source {args.mnist_root or 'generated digits'}.")
+    return publish("Data loading", argv, details, table, args.notes)
 
 
 if __name__ == "__main__":

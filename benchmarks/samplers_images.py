@@ -48,7 +48,7 @@ def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--classifier", required=True, help="classifier checkpoint or experiment folder")
+    parser.add_argument("--classifier", required=True, help="classifier checkpoint, run folder or experiment folder")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--samplers", nargs="*", default=None, help="NAME:STEPS pairs (default: the standard set)")
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> str:
     wanted = torch.arange(n) % model.num_classes if model.num_classes else None
 
     floor = metric.evaluate(real_b, real, real_b, labels_b, labels_b)
-    rows = [f"| real vs real (floor) | - | {floor['classifier_fd_floor']:.3f} | - | "
+    rows = [f"| real vs real (floor) | - | {floor['classifier_fd_floor']:.3f} | - | - | "
             f"{floor['classifier_accuracy_real']:.3f} | - |"]
+    reference = None  # the FD of the first sampler (DDPM 1000 in the standard set), the issue's yardstick
     for name, steps in samplers:
         start = time.perf_counter()
         x = model.sample(n, class_labels=wanted, sampler=name, num_inference_steps=steps, noise=noise,
@@ -76,11 +77,13 @@ def main(argv: list[str] | None = None) -> str:
         seconds = time.perf_counter() - start
         scores = metric.evaluate(x.clamp(0, 1), real, real_b, wanted, labels_b)
         accuracy = f"{scores['classifier_accuracy']:.3f}" if "classifier_accuracy" in scores else "-"
-        rows.append(f"| {name} | {steps} | {scores['classifier_fd']:.3f} | {scores['classifier_kid']:.4f} | "
-                    f"{accuracy} | {seconds:.1f} |")
+        reference = scores["classifier_fd"] if reference is None else reference
+        rows.append(f"| {name} | {steps} | {scores['classifier_fd']:.3f} | {scores['classifier_fd'] / reference:.2f} | "
+                    f"{scores['classifier_kid']:.4f} | {accuracy} | {seconds:.1f} |")
+    first = f"{samplers[0][0]} {samplers[0][1]}"
     table = "\n".join([
-        "| sampler | steps | classifier FD | classifier KID | class accuracy | seconds |",
-        "| --- | --- | --- | --- | --- | --- |", *rows,
+        f"| sampler | steps | classifier FD | FD / {first}'s | classifier KID | class accuracy | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |", *rows,
     ])
     guidance = model.hparams.guidance_scale if args.guidance_scale is None else args.guidance_scale
     details = (f"{n} samples (labels cycling over the classes, guidance {guidance}) against {n} held-out test images; "

@@ -174,8 +174,8 @@ class ClassifierMetrics(SampleMetrics):
     ``classifier_accuracy_real``, the classifier's accuracy on the real floor set (the ceiling to compare with).
 
     Args:
-        checkpoint: The classifier's checkpoint, or its experiment folder (e.g. outputs/mnist_classifier), of
-            which the newest last.ckpt is used.
+        checkpoint: The classifier's checkpoint, its run folder (whose checkpoints/last.ckpt is used) or its
+            experiment folder (e.g. outputs/mnist_classifier, of which the newest last.ckpt is used).
         batch_size: Images per classifier forward.
         kid_subset_size: Subset size of KID (at most the number of samples).
     """
@@ -191,12 +191,15 @@ class ClassifierMetrics(SampleMetrics):
         from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
 
         path = Path(self.checkpoint)
-        found = newest_checkpoint(str(path.parent), path.name) if path.is_dir() else path
+        if (path / "checkpoints" / "last.ckpt").exists():  # a run folder
+            found = path / "checkpoints" / "last.ckpt"
+        else:
+            found = newest_checkpoint(str(path.parent), path.name) if path.is_dir() else path
         if found is None or not found.is_file():
             raise ValueError(
                 f"No classifier checkpoint at {self.checkpoint}: train one first with "
                 "`python -m lightning_diffusion fit --config configs/mnist_classifier.yaml` (or the matching config) "
-                "and give its checkpoint or experiment folder."
+                "and give its checkpoint, run folder or experiment folder."
             )
         return found
 

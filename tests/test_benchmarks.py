@@ -21,8 +21,10 @@ def test_overhead_small_mode(tmp_path):
 
 
 def test_dataloader_small_mode(tmp_path):
-    report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4", "--notes", ""])
-    assert "| decode + cache (once," in report and "| train epoch from the cache | 0 |" in report
+    report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4",
+                                      "--num_digits", "120", "--mnist_batch_size", "8", "--notes", ""])
+    assert "| CelebFaces: decode + cache (once," in report and "| CelebFaces: train epoch from the cache | 0 |" in report
+    assert "| MNIST: train epoch (120 digits) | 0 |" in report
 
 
 def test_throughput_small_mode():
@@ -31,3 +33,21 @@ def test_throughput_small_mode():
         "--variants", "fp32", "--notes", "",
     ])
     assert "| mnist_cond | fp32 |" in report
+
+
+def test_cpu_benchmark_configs_compose(fake_mnist_root, run_cli):
+    """configs/benchmarks/: the classifier and the small UNet of the CPU sampler table, on top of the shipped configs."""
+    fragments = ["--config", str(REPO / "configs/benchmarks/mnist_5k_cpu.yaml")]
+    short = ["--data.init_args.root", str(fake_mnist_root), "--data.init_args.num_val_samples", "16",
+             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+    classifier = run_cli("fit", "--config", str(REPO / "configs/mnist_classifier.yaml"), *fragments,
+                         "--data.init_args.pad_to_32", "false", *short)
+    diffusion = run_cli("fit", "--config", str(REPO / "configs/mnist_cond.yaml"), *fragments,
+                        "--config", str(REPO / "configs/benchmarks/mnist_cond_cpu.yaml"), *short)
+    for cli in (classifier, diffusion):
+        assert cli.trainer.global_step == 2 and cli.trainer.precision == "32-true"
+        assert tuple(cli.model.hparams.sample_shape) == (1, 28, 28)  # unpadded: the classifier judges the diffusion model's samples
+    unet = diffusion.model.denoiser.unet
+    assert list(unet.config.block_out_channels) == [32, 64, 64] and unet.config.layers_per_block == 1
+    assert "Attn" not in "".join(unet.config.down_block_types)
+    assert diffusion.model.hparams.num_inference_steps == 20 and diffusion.trainer.max_epochs == 80

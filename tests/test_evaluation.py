@@ -134,6 +134,16 @@ def test_classifier_metrics_on_real_images(classifier_run):
     assert noise["classifier_fd"].item() > 10 * right["classifier_fd"].item()
 
 
+def test_classifier_checkpoint_forms(classifier_run, tmp_path):
+    _, experiment = classifier_run
+    last = experiment / "version_0/checkpoints/last.ckpt"
+    for given in (last, experiment / "version_0", experiment):  # a file, a run folder, an experiment folder
+        assert ClassifierMetrics(checkpoint=str(given))._checkpoint_file().resolve() == last.resolve(), given
+    for missing in (tmp_path / "nothing.ckpt", tmp_path):
+        with pytest.raises(ValueError, match="^No classifier checkpoint at .* run folder or experiment folder"):
+            ClassifierMetrics(checkpoint=str(missing))._checkpoint_file()
+
+
 def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_root, tmp_path, run_cli):
     """mnist_cond + the metrics fragment: fit one epoch, then `test --ckpt_path last` writes the JSON."""
     _, experiment = classifier_run
@@ -165,6 +175,7 @@ def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_roo
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     assert len(rows) == 5 and rows[2].startswith("| real vs real (floor) | - |")  # header, rule, floor, 2 samplers
     assert rows[4].startswith("| UniPCMultistepScheduler | 3 | ")
+    assert "FD / DDIMScheduler 2's" in rows[0] and rows[3].split(" | ")[3] == "1.00"  # the first sampler is the yardstick
 
 
 def test_missing_classifier_fails_before_training(fake_mnist_root, tmp_path, run_cli, capsys, monkeypatch):

@@ -84,6 +84,8 @@ def test_sampler_benchmark_small_mode(trained, tmp_path, capsys):
     report = bench.main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--num_samples", "200",
                          "--samplers", "DDIMScheduler:5", "UniPCMultistepScheduler:5", "--notes", str(notes)])
     assert "| DDIMScheduler | 5 |" in report and "| UniPCMultistepScheduler | 5 |" in report
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
+    assert "SWD / DDIMScheduler 5's" in rows[0][4] and rows[3][4] == "1.00"  # the first sampler is the yardstick
     assert notes.read_text() == report
 
 
