@@ -32,6 +32,11 @@ SAMPLERS = [
 ]
 
 
+def parse_samplers(pairs: list[str] | None) -> list[tuple[str, int]]:
+    """--samplers NAME:STEPS pairs as (name, steps); none given: the standard set."""
+    return [(pair.split(":")[0], int(pair.split(":")[1])) for pair in pairs] if pairs else SAMPLERS
+
+
 def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent held-out samples of size n from the data config saved beside the checkpoint."""
     config = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text())["data"]["init_args"]
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--samplers", nargs="*", default=None, help="NAME:STEPS pairs (default: the standard set)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
-    samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers] if args.samplers else SAMPLERS
+    samplers = parse_samplers(args.samplers)
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     model = DiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")

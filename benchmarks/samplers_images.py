@@ -20,12 +20,11 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from report import publish
-from samplers_2d import SAMPLERS  # the same sampler set as the 2D table
+from samplers_2d import parse_samplers  # the same sampler set as the 2D table
 
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.evaluation import ClassifierMetrics
-
 
 
 def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--samplers", nargs="*", default=None, help="NAME:STEPS pairs (default: the standard set)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
-    samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers] if args.samplers else SAMPLERS
+    samplers = parse_samplers(args.samplers)
 
     model = DiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")
     metric = ClassifierMetrics(args.classifier)

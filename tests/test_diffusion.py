@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from fakes import PointMassOracle
 
 from lightning_diffusion import diffusion
 
@@ -102,16 +103,11 @@ def test_reverse_loop_with_oracle_denoiser(scheduler, name):
     import diffusers
 
     target = torch.tensor([0.7, -1.2])
-
-    class Oracle(torch.nn.Module):
-        def forward(self, x_t, t, class_labels=None):  # eps = (x_t - sqrt(a) x0*) / sqrt(1 - a)
-            alpha_bar = diffusion.alpha_bar_at(scheduler.alphas_cumprod, t.round().long(), x_t)
-            return (x_t - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
-
     sampler = getattr(diffusers, name).from_config(scheduler.config)
     seen = []
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     out = diffusion.sample(
-        Oracle(), sampler, torch.randn(16, 2, generator=torch.Generator().manual_seed(0)), 50,
+        PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 50,
         generator=torch.Generator().manual_seed(1), callback=lambda i, t, x, x0: seen.append((i, x0.shape)),
     )
     assert len(seen) == len(sampler.timesteps) and seen[-1][1] == (16, 2)
@@ -125,16 +121,11 @@ def test_ddim_steps_with_the_eps_of_its_clipped_x0():
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
     target = torch.tensor([3.0, 0.5])  # a point mass, its first coordinate outside [-1, 1]
-
-    class Oracle(torch.nn.Module):
-        def forward(self, x_t, t, class_labels=None):
-            alpha_bar = diffusion.alpha_bar_at(scheduler.alphas_cumprod, t.long(), x_t)
-            return (x_t - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
-
     sampler = diffusers.DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     path = []
-    diffusion.sample(Oracle(), sampler, noise, 20, callback=lambda i, t, x, x0: path.append(x))
+    diffusion.sample(PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 20,
+                     callback=lambda i, t, x, x0: path.append(x))
     a = scheduler.alphas_cumprod
     x0c, a_T = target.clamp(-1, 1), a[sampler.timesteps[0]]
     eps_c = (noise - a_T.sqrt() * x0c) / (1 - a_T).sqrt()

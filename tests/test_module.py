@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from fakes import PointMassOracle
 from matplotlib.figure import Figure
 
 from lightning_diffusion import DiffusionModule, diffusion
@@ -128,14 +129,8 @@ def test_samplers_keep_the_training_clip(name):
     DPM-Solver/UniPC through thresholding capped at 1, DDIM through the eps of the clipped x0 (with the raw eps its
     update disagrees with its own x0 and ends elsewhere)."""
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
-    target = torch.tensor([[[3.0, -0.5], [0.2, -4.0]]])  # one 2x2 image
-
-    class Oracle(torch.nn.Module):  # the exact eps of a point mass at target
-        def forward(self, x_t, t, class_labels=None):
-            alpha_bar = diffusion.alpha_bar_at(scheduler.alphas_cumprod, t.round().long(), x_t)
-            return (x_t - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
-
-    model = DiffusionModule(denoiser=Oracle(), scheduler=scheduler, sampler=name, sample_shape=(1, 2, 2),
+    target = torch.tensor([[[3.0, -0.5], [0.2, -4.0]]])  # one 2x2 image, a point mass partly outside [-1, 1]
+    model = DiffusionModule(denoiser=PointMassOracle(scheduler.alphas_cumprod, target), scheduler=scheduler, sampler=name, sample_shape=(1, 2, 2),
                             sampler_kwargs={"timestep_spacing": "trailing"})
     x = model.sample(8, num_inference_steps=20, generator=torch.Generator().manual_seed(0), data_space=False)
     assert torch.allclose(x, target.clamp(-1, 1).expand(8, 1, 2, 2), atol=1e-3), x[0]
