@@ -1,5 +1,5 @@
 """Loading throughput of the image configs' data: CelebFacesDataModule's one-time decode into the cache, then
-images/s per training epoch of it and of MNISTDataModule (as configs/celeb_cond.yaml and configs/mnist_cond.yaml
+images/s per training epoch of it and of TorchvisionDataModule (as configs/celeb_cond.yaml and configs/mnist_cond.yaml
 load them).
 
     python benchmarks/dataloader.py                        # generated portraits and digits
@@ -27,7 +27,7 @@ from report import publish
 
 from mnist_5k import write_idx
 
-from lightning_diffusion.data import CelebFacesDataModule, MNISTDataModule
+from lightning_diffusion.data import CelebFacesDataModule, TorchvisionDataModule
 
 
 def generated_portraits(folder: Path, n: int, width: int = 300, height: int = 450) -> Path:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> str:
         rows += epochs(data, args.workers, "CelebFaces: train epoch from the cache")
 
         mnist_root = args.mnist_root or str(generated_digits(Path(tmp) / "digits", args.num_digits))
-        digits = MNISTDataModule(root=mnist_root, download=False, labels=True, pad_to_32=True, num_val_samples=0,
+        digits = TorchvisionDataModule(root=mnist_root, download=False, labels=True, pad_to_32=True, num_val_samples=0,
                                  batch_size=args.mnist_batch_size)  # the epoch: every training digit
         digits.prepare_data()
         digits.setup("fit")

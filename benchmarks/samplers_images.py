@@ -32,7 +32,7 @@ def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     config = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text())["data"]
     parser = ArgumentParser()
     parser.add_subclass_arguments(DiffusionDataModule, "data")
-    data = parser.instantiate_classes(parser.parse_args(["--data", yaml.safe_dump(config)])).data
+    data = parser.instantiate(parser.parse_args(["--data", yaml.safe_dump(config)])).data
     data.prepare_data()
     data.setup("test")
     batches = list(data.test_dataloader())

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_diffusion.module import _Factory, configure_optimizers
+from lightning_diffusion.optim import SharedFactory, configure_optimizers
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -71,8 +71,8 @@ class ImageClassifier(L.LightningModule):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
         self.num_features = num_features
-        self.optimizer_fn = _Factory(optimizer)
-        self.lr_scheduler_fn = _Factory(lr_scheduler) if lr_scheduler is not None else None
+        self.optimizer_fn = SharedFactory(optimizer)
+        self.lr_scheduler_fn = SharedFactory(lr_scheduler) if lr_scheduler is not None else None
         stats = (1, -1, 1, 1)
         self.register_buffer("data_mean", torch.tensor(data_mean or [0.0]).view(stats), persistent=False)
         self.register_buffer("data_std", torch.tensor(data_std or [1.0]).view(stats), persistent=False)

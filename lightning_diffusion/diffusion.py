@@ -7,8 +7,7 @@ Everything here runs in float32, whatever the autocast context of the denoiser.
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +137,7 @@ def guided_output(
 @torch.no_grad()
 def sample(
     denoiser: nn.Module,
-    sampler,
+    sampler: Any,
     noise: Tensor,
     num_inference_steps: int,
     class_labels: Optional[Tensor] = None,
@@ -147,28 +146,23 @@ def sample(
     generator: Optional[torch.Generator] = None,
     callback: Optional[StepCallback] = None,
 ) -> Tensor:
-    """The reverse process x_T -> x_0 with any diffusers scheduler as the sampler.
-
-    `sampler` must be a fresh scheduler (it keeps per-call state). After each step,
-    `callback(i, t, x_t, x0_pred)` receives the new sample and the current estimate of x0.
-    """
-    sampler.set_timesteps(num_inference_steps, device=noise.device)
-    parameters = inspect.signature(sampler.step).parameters
-    step_kwargs = {"generator": generator} if "generator" in parameters else {}
-    if "use_clipped_model_output" in parameters and (sampler.config.get("clip_sample") or sampler.config.get("thresholding")):
-        # DDIM: step with the eps implied by the clipped x0, or x0 and eps disagree (grey, noisy backgrounds)
-        step_kwargs["use_clipped_model_output"] = True
-    prediction_type = sampler.config.prediction_type
-    x = noise.float() * sampler.init_noise_sigma
-    for i, t in enumerate(sampler.timesteps):
-        x_in = sampler.scale_model_input(x, t)
+    """The reverse process x_T -> x_0, stepped by the `Sampler` that samplers.build_sampler made (a fresh one per call:
+    diffusers schedulers keep per-call state). After each step, `callback(i, t, x_t, x0_pred)` receives the new
+    sample and the current estimate of x0."""
+    scheduler = sampler.scheduler
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    step_kwargs = {**sampler.step_kwargs, **({"generator": generator} if sampler.takes_generator else {})}
+    prediction_type = scheduler.config.prediction_type
+    x = noise.float() * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
         model_output = guided_output(denoiser, x_in, t, class_labels, guidance_scale, null_label).float()
-        step = sampler.step(model_output, t, x, **step_kwargs)
+        step = scheduler.step(model_output, t, x, **step_kwargs)
         x = step.prev_sample
         if callback is not None:
             x0_pred = getattr(step, "pred_original_sample", None)
             if x0_pred is None:  # multistep solvers (DPM-Solver, UniPC) work on the VP sample: x_in == x_t
-                alpha_bar_t = alpha_bar_at(sampler.alphas_cumprod, t.reshape(1), x_in)
+                alpha_bar_t = alpha_bar_at(scheduler.alphas_cumprod, t.reshape(1), x_in)
                 x0_pred = predict_x0(model_output, x_in, alpha_bar_t, prediction_type)
             callback(i, t, x, x0_pred)
     return x

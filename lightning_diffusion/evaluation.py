@@ -17,11 +17,15 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lightning_diffusion.checkpoints import check_checkpoint, first_readable
+from lightning_diffusion.classifier import ImageClassifier
+from lightning_diffusion.runs import checkpoints_in
+
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_PATH = "data/weights/weights-inception-2015-12-05-6726825d.pth"
 
 
-class _Given(nn.Module):
+class _PrecomputedFeatures(nn.Module):
     """The 'feature extractor' of torchmetrics' FID/KID when the features are computed once, beforehand."""
 
     def __init__(self, num_features: int) -> None:
@@ -35,7 +39,7 @@ class _Given(nn.Module):
 def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
     """Frechet distance between Gaussians fitted to two feature sets (N, D): |mu_x - mu_y|^2 +
     tr(S_x + S_y - 2 (S_x S_y)^(1/2)), computed by torchmetrics in float64."""
-    fid = FrechetInceptionDistance(feature=_Given(x.shape[1]), sync_on_compute=False).to(x.device)
+    fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(x.shape[1]), sync_on_compute=False).to(x.device)
     fid.update(x, real=True)
     fid.update(y, real=False)
     return fid.compute().float()
@@ -44,7 +48,7 @@ def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
 def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int = 50) -> Tensor:
     """Unbiased squared MMD with the cubic polynomial kernel (KID), averaged over random subsets, by torchmetrics."""
     kid = KernelInceptionDistance(
-        feature=_Given(x.shape[1]), subsets=subsets, subset_size=min(subset_size, len(x), len(y)), sync_on_compute=False
+        feature=_PrecomputedFeatures(x.shape[1]), subsets=subsets, subset_size=min(subset_size, len(x), len(y)), sync_on_compute=False
     ).to(x.device)
     kid.update(x, real=True)
     kid.update(y, real=False)
@@ -188,14 +192,10 @@ class ClassifierMetrics(SampleMetrics):
         self._classifier = None
 
     def _checkpoint_file(self) -> Path:
-        from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
-
-        path = Path(self.checkpoint)
-        if (path / "checkpoints" / "last.ckpt").exists():  # a run folder
-            found = path / "checkpoints" / "last.ckpt"
-        else:
-            found = newest_checkpoint(str(path.parent), path.name) if path.is_dir() else path
-        if found is None or not found.is_file():
+        """The checkpoint that `checkpoint` names; of an experiment folder the newest readable one."""
+        candidates = checkpoints_in(self.checkpoint)
+        found = first_readable(candidates) if len(candidates) > 1 else next(iter(candidates), None)
+        if found is None:
             raise ValueError(
                 f"No classifier checkpoint at {self.checkpoint}: train one first with "
                 "`python -m lightning_diffusion fit --config configs/mnist_classifier.yaml` (or the matching config) "
@@ -205,9 +205,9 @@ class ClassifierMetrics(SampleMetrics):
 
     def setup(self, device: torch.device) -> None:
         if self._classifier is None:
-            from lightning_diffusion.classifier import ImageClassifier
-
-            self._classifier = ImageClassifier.load_from_checkpoint(self._checkpoint_file(), map_location="cpu").eval()
+            path = self._checkpoint_file()
+            check_checkpoint(path, "ImageClassifier", needed_by="ClassifierMetrics needs")
+            self._classifier = ImageClassifier.load_from_checkpoint(path, map_location="cpu").eval()
         self._classifier.to(device)
 
     def check(self, sample_shape: tuple[int, ...], num_classes: Optional[int]) -> None:

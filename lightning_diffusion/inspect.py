@@ -12,6 +12,7 @@ Extra arguments after the options are passed to the CLI (e.g. --model.scheduler.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from lightning_diffusion import diffusion
-from lightning_diffusion.callbacks.common import free_path
+from lightning_diffusion.errors import one_line_errors
+from lightning_diffusion.runs import free_path
 from lightning_diffusion.plotting import image_grid, save_figure
 
 
@@ -81,6 +83,12 @@ def real_batch(data, num_samples: int) -> Tensor:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
+    with one_line_errors(sys.argv[1:] if argv is None else argv):
+        return _inspect(argv)
+
+
+def _inspect(argv: list[str] | None) -> Path:
     from lightning_diffusion.cli import DiffusionCLI
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -89,13 +97,21 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--timesteps", type=int, nargs="*", default=[0, 100, 250, 500, 750, 999])
     parser.add_argument("--output_dir", default="outputs")
     args, cli_args = parser.parse_known_args(argv)
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples must be at least 1, got {args.num_samples}.")
 
     configs = [arg for path in args.config for arg in ("--config", path)]
     cli = DiffusionCLI(args=[*configs, *cli_args, "--output_dir", args.output_dir], run=False)
     model, data = cli.model, cli.datamodule
+    alphas_cumprod = model.alphas_cumprod
+    outside = [t for t in args.timesteps if not 0 <= t < len(alphas_cumprod)]
+    if outside:  # before any work or file
+        raise ValueError(
+            f"--timesteps {' '.join(map(str, outside))} lie outside the schedule's 0 to {len(alphas_cumprod) - 1} "
+            f"(num_train_timesteps {len(alphas_cumprod)}): give timesteps in that range."
+        )
     folder = Path(args.output_dir) / cli.config.experiment / "inspect"
     folder.mkdir(parents=True, exist_ok=True)
-    alphas_cumprod = model.alphas_cumprod
     scheduler = model.scheduler.config
     name = f"{cli.config.experiment}: {type(model.scheduler).__name__} {scheduler.beta_schedule}, T={len(alphas_cumprod)}"
     save_figure(schedule_figure(alphas_cumprod, name), free_path(folder / "schedule.png"))

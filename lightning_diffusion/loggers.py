@@ -70,7 +70,7 @@ class SaveConfig(SaveConfigCallback):
     """Saves the resolved config as config.yaml in the run folder and as the config of every W&B run."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
         for logger in trainer.loggers:
             if isinstance(logger, _WandbLogger):
                 logger.experiment.config.update(config, allow_val_change=True)

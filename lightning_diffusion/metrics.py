@@ -36,3 +36,13 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 1.0) -> Tensor:
     n, m = len(x), len(y)
     off_diagonal_mean = lambda k, size: (k.sum() - k.diagonal().sum()) / (size * (size - 1))  # noqa: E731
     return off_diagonal_mean(k_xx, n) + off_diagonal_mean(k_yy, m) - 2 * k_xy.mean()
+
+
+def distribution_metrics(generated: Tensor, real: Tensor, real_floor: Tensor) -> dict[str, Tensor]:
+    """SWD and MMD of generated vs real samples, each beside its floor: the same distance between two real sets
+    of the same size (what a model that samples the data distribution scores)."""
+    swd, floor = sliced_wasserstein(generated, real), sliced_wasserstein(real_floor, real)
+    return {
+        "swd": swd, "swd_floor": floor, "swd_ratio": swd / floor,
+        "mmd": mmd_rbf(generated, real), "mmd_floor": mmd_rbf(real_floor, real),
+    }

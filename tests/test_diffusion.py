@@ -8,6 +8,7 @@ from diffusers import DDPMScheduler
 from fakes import PointMassOracle
 
 from lightning_diffusion import diffusion
+from lightning_diffusion.samplers import build_sampler
 
 
 @pytest.fixture(scope="module")
@@ -100,35 +101,32 @@ def test_guidance_reduces_exactly():
 @pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "UniPCMultistepScheduler"])
 def test_reverse_loop_with_oracle_denoiser(scheduler, name):
     """With the exact eps of a point mass at x0*, every sampler lands on x0* and reports x0_pred each step."""
-    import diffusers
-
     target = torch.tensor([0.7, -1.2])
-    sampler = getattr(diffusers, name).from_config(scheduler.config)
+    sampler = build_sampler(scheduler.config, name, "epsilon", image_like=False)
     seen = []
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     out = diffusion.sample(
         PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 50,
         generator=torch.Generator().manual_seed(1), callback=lambda i, t, x, x0: seen.append((i, x0.shape)),
     )
-    assert len(seen) == len(sampler.timesteps) and seen[-1][1] == (16, 2)
+    assert len(seen) == len(sampler.scheduler.timesteps) and seen[-1][1] == (16, 2)
     assert torch.allclose(out, target.expand(16, 2), atol=0.05)
 
 
 def test_ddim_steps_with_the_eps_of_its_clipped_x0():
     """DDIM with clip_sample steps with the eps implied by the clipped x0, so every x_t stays on that x0's path,
     x_t = sqrt(a_t) x0c + sqrt(1 - a_t) eps_c with one eps_c; stepping with the raw eps, x_t and x0 disagree."""
-    import diffusers
-
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
     target = torch.tensor([3.0, 0.5])  # a point mass, its first coordinate outside [-1, 1]
-    sampler = diffusers.DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    sampler = build_sampler(scheduler.config, "DDIMScheduler", "epsilon", image_like=False,
+                            overrides={"timestep_spacing": "trailing"})
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     path = []
     diffusion.sample(PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 20,
                      callback=lambda i, t, x, x0: path.append(x))
     a = scheduler.alphas_cumprod
-    x0c, a_T = target.clamp(-1, 1), a[sampler.timesteps[0]]
+    x0c, a_T = target.clamp(-1, 1), a[sampler.scheduler.timesteps[0]]
     eps_c = (noise - a_T.sqrt() * x0c) / (1 - a_T).sqrt()
-    for x, t_prev in zip(path, sampler.timesteps[1:]):  # after step i the sample is at the next timestep
+    for x, t_prev in zip(path, sampler.scheduler.timesteps[1:]):  # after step i the sample is at the next timestep
         assert torch.allclose(x, a[t_prev].sqrt() * x0c + (1 - a[t_prev]).sqrt() * eps_c, atol=1e-4)
     assert torch.allclose(path[-1], x0c.expand(4, 2), atol=1e-4)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fakes import fake_digits as fake_images, write_idx
-from lightning_diffusion.data.mnist import MNISTDataModule
+from lightning_diffusion.data.torchvision_sets import TorchvisionDataModule
 
 NUM_TRAIN, NUM_TEST = 300, 100
 
@@ -13,26 +13,26 @@ def mnist_root(tmp_path):
     return tmp_path
 
 
-def make(root, **kwargs) -> MNISTDataModule:
+def make(root, **kwargs) -> TorchvisionDataModule:
     kwargs = {"num_val_samples": 50, "batch_size": 32, "download": False, **kwargs}
-    dm = MNISTDataModule(root=str(root), **kwargs)
+    dm = TorchvisionDataModule(root=str(root), **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
 def test_contract_before_setup():
-    dm = MNISTDataModule(root="/nonexistent")  # nothing is read
+    dm = TorchvisionDataModule(root="/nonexistent")  # nothing is read
     assert dm.sample_shape == (1, 28, 28) and dm.num_classes is None
     assert dm.data_mean == [0.5] and dm.data_std == [0.5] and dm.class_names is None
-    dm = MNISTDataModule(root="/nonexistent", pad_to_32=True, labels=True)
+    dm = TorchvisionDataModule(root="/nonexistent", pad_to_32=True, labels=True)
     assert dm.sample_shape == (1, 32, 32) and dm.num_classes == 10 and dm.class_names == [str(d) for d in range(10)]
-    dm = MNISTDataModule(root="/nonexistent", dataset="cifar10", labels=True)
+    dm = TorchvisionDataModule(root="/nonexistent", dataset="cifar10", labels=True)
     assert dm.sample_shape == (3, 32, 32) and dm.num_classes == 10
     assert dm.data_mean == [0.5] * 3 and dm.data_std == [0.5] * 3 and dm.class_names[0] == "airplane"
-    assert MNISTDataModule(dataset="fashion_mnist", labels=True).class_names[-1] == "Ankle boot"
+    assert TorchvisionDataModule(dataset="fashion_mnist", labels=True).class_names[-1] == "Ankle boot"
     with pytest.raises(ValueError, match="Unknown image dataset 'svhn'"):
-        MNISTDataModule(dataset="svhn")
+        TorchvisionDataModule(dataset="svhn")
 
 
 def test_batches_in_model_space(mnist_root):
@@ -94,12 +94,19 @@ def test_loader_options(mnist_root):
 
 
 def test_random_flip_only_in_training(mnist_root):
+    """The flips are drawn on the batch (after the transfer to the device), and only while training."""
     torch.manual_seed(0)
     dm = make(mnist_root, random_flip=True, num_val_samples=0, batch_size=NUM_TRAIN - 1)
-    flipped = next(iter(dm.train_dataloader()))[0]
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])  # no trainer, not training: no flips
+    dm.trainer = type("Training", (), {"training": True})()
+    flipped = dm.on_after_batch_transfer(batch, 0)[0]
     # a label-0 image's square is at columns 20..25; flipped it is at 2..7
     assert (flipped[:, 0, 0:6, 20] == 1).any() and (flipped[:, 0, 0:6, 7] == 1).any()
-    assert not (next(iter(dm.test_dataloader()))[0][:, 0, 0:6, 7] == 1).any()
+    kept = (flipped == batch[0]).flatten(1).all(1)
+    assert 0.3 < kept.float().mean() < 0.7  # a coin per image
+    dm.trainer.training = False  # validating
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
 
 
 def test_gzipped_files_are_extracted(tmp_path):
@@ -123,7 +130,7 @@ FIRST_FILE = {"mnist": "train-images-idx3-ubyte", "fashion_mnist": "train-images
 
 @pytest.mark.parametrize("dataset", list(FOLDERS))
 def test_missing_files(tmp_path, dataset):
-    dm = MNISTDataModule(dataset=dataset, root=str(tmp_path), download=False)
+    dm = TorchvisionDataModule(dataset=dataset, root=str(tmp_path), download=False)
     folder = str(tmp_path / FOLDERS[dataset])
     with pytest.raises(FileNotFoundError, match="not found in .* and download is off") as error:
         dm.prepare_data()
@@ -138,7 +145,7 @@ def test_failed_download(tmp_path, monkeypatch):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error no network>\n")
 
     monkeypatch.setattr("torchvision.datasets.MNIST.download", offline)
-    dm = MNISTDataModule(root=str(tmp_path), download=True)
+    dm = TorchvisionDataModule(root=str(tmp_path), download=True)
     with pytest.raises(FileNotFoundError) as error:
         dm.prepare_data()
     folder = tmp_path / "MNIST" / "raw"

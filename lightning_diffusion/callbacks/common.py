@@ -1,4 +1,4 @@
-"""Where a run's files go and how figures reach the loggers; shared by the callbacks."""
+"""How figures and grids reach the run folder and the loggers, and when the callbacks draw; shared by the callbacks."""
 
 from __future__ import annotations
 
@@ -8,30 +8,13 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
 from lightning_diffusion.plotting import save_figure
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The run folder (outputs/<experiment>/<version>): `trainer.log_dir` without its collective broadcast,
-    so rank-zero-only code may call it."""
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
-        return Path(logger.log_dir)
-    return Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
-
-
-def free_path(path: Path) -> Path:
-    """`path`, or `path` with a -1, -2, ... suffix if it exists: nothing a user has is overwritten."""
-    candidate, i = path, 0
-    while candidate.exists():
-        i += 1
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-    return candidate
+from lightning_diffusion.runs import free_path, run_dir
 
 
 def log_png(trainer: L.Trainer, key: str, path: Path) -> None:
@@ -78,8 +61,9 @@ def real_points(trainer: L.Trainer, num_samples: int) -> Tensor:
 
 
 def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
-    """On rank zero, outside the sanity check, every `every_n_epochs` epochs and at the last one."""
+    """On rank zero, outside the sanity check, every `every_n_epochs` epochs and at the last one (when the run is
+    bounded by epochs; `max_epochs: -1` runs, bounded by `max_steps`, draw every `every_n_epochs` only)."""
     if trainer.sanity_checking or not trainer.is_global_zero:
         return False
-    epoch = trainer.current_epoch + 1
-    return epoch % every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0) or bool(trainer.fast_dev_run)
+    epoch, last = trainer.current_epoch + 1, trainer.max_epochs or 0
+    return epoch % every_n_epochs == 0 or (last > 0 and epoch >= last) or bool(trainer.fast_dev_run)

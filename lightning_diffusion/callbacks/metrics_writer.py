@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_diffusion.callbacks.common import free_path, run_dir
+from lightning_diffusion.runs import free_path, run_dir
 
 
 class MetricsWriter(Callback):

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
-from lightning_diffusion.callbacks.common import free_path, run_dir
+from lightning_diffusion.runs import free_path, run_dir
 from lightning_diffusion.plotting import image_grid
 
 

@@ -2,7 +2,7 @@
 
 from lightning_diffusion.data.base import DiffusionDataModule, ImageDataModule, SampleRequests
 from lightning_diffusion.data.celeb import CelebFacesDataModule
-from lightning_diffusion.data.mnist import MNISTDataModule
+from lightning_diffusion.data.torchvision_sets import MNISTDataModule, TorchvisionDataModule
 from lightning_diffusion.data.toy2d import Toy2DDataModule, make_toy2d
 
-__all__ = ["CelebFacesDataModule", "DiffusionDataModule", "ImageDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "make_toy2d"]
+__all__ = ["CelebFacesDataModule", "DiffusionDataModule", "ImageDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "TorchvisionDataModule", "make_toy2d"]

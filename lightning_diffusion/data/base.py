@@ -6,7 +6,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 
 def _own_rng(shuffle: bool) -> Optional[torch.Generator]:
@@ -56,6 +56,9 @@ class DiffusionDataModule(L.LightningDataModule):
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0 or predict_num_samples < 0:
+            raise ValueError(f"batch_size ({batch_size}) must be positive, num_workers ({num_workers}) and "
+                             f"predict_num_samples ({predict_num_samples}) not negative: set them in the data's init_args.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.predict_num_samples = predict_num_samples
@@ -68,7 +71,8 @@ class DiffusionDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> Optional[int]:
-        return None
+        """How many classes a conditional model sees (None: unconditional): one per class name."""
+        return len(self.class_names) if self.class_names else None
 
     @property
     def class_names(self) -> Optional[list[str]]:
@@ -88,6 +92,9 @@ class DiffusionDataModule(L.LightningDataModule):
         labels = self.predict_class_labels
         if labels is None and self.num_classes:
             labels = list(range(self.num_classes))
+        if labels and not self.num_classes:
+            raise ValueError(f"predict_class_labels {labels} were given, but the data has no classes (an "
+                             "unconditional model): drop them, or use labelled data (labels: true).")
         if labels and self.num_classes and not all(0 <= c < self.num_classes for c in labels):
             raise ValueError(
                 f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset."
@@ -103,7 +110,12 @@ def _collate_tuples(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
 
 class ImageDataModule(DiffusionDataModule):
     """Base of the image DataModules: `setup` fills `self.splits` ("train", "val" and, where the data has one,
-    "test") with datasets of ``(x,)`` or ``(x, y)`` items; the loaders are built here from the YAML options."""
+    "test") with datasets of ``(x,)`` or ``(x, y)`` items; the loaders are built here from the YAML options.
+
+    Random horizontal flips (`random_flip`) are drawn here, on the training batch once it is on the device, from
+    the global generator: the DataLoader workers draw nothing, so a resumed run (whose checkpoint carries the
+    generator's state, callbacks.ExactResume) flips exactly as an uninterrupted one, with any number of workers.
+    """
 
     def __init__(
         self,
@@ -113,22 +125,27 @@ class ImageDataModule(DiffusionDataModule):
         persistent_workers: bool,
         predict_num_samples: int,
         predict_class_labels: Optional[list[int]],
+        random_flip: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.pin_memory, self.persistent_workers, self.random_flip = pin_memory, persistent_workers, random_flip
         self.splits: dict[str, Dataset] = {}  # built by setup
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # The shuffle draws from the global generator (its state is in the checkpoints); the workers' base seed from
+        # the loader's own, so that recreating the iterator after a resume (persistent workers are created once in
+        # an uninterrupted run) does not shift the global stream. Under DDP, Lightning puts a DistributedSampler here.
+        dataset = self.splits[split]
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=RandomSampler(dataset) if shuffle else None,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=_collate_tuples,
-            generator=_own_rng(shuffle),
+            generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -139,3 +156,10 @@ class ImageDataModule(DiffusionDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.splits else "val", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
+        if not (self.random_flip and self.trainer is not None and self.trainer.training):
+            return batch
+        x = batch[0]
+        flip = torch.rand(len(x), device=x.device) < 0.5  # one coin per image, from the global generator
+        return (torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x), *batch[1:])

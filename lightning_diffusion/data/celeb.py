@@ -21,6 +21,24 @@ _GENDERS = {1: 0, 2: 1}  # the dataset's gender codes (0 unknown, 1 female, 2 ma
 _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 
 
+def _source_files(folder: str) -> list[str]:
+    """The files a local dataset folder is read from: all of a `datasets.save_to_disk` folder, else its parquet files."""
+    if any(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json")):
+        found = glob.glob(os.path.join(glob.escape(folder), "**", "*"), recursive=True)
+        return sorted(f for f in found if os.path.isfile(f))
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "**", "*.parquet"), recursive=True))
+
+
+def _files_digest(folder: str) -> Optional[str]:
+    """What the decoded cache is keyed by beside the path: the source files' names, sizes and modification times
+    (None when there are none to read), so that files replaced at the same path are decoded anew."""
+    files = _source_files(folder)
+    if not files:
+        return None
+    stats = [(os.path.relpath(f, folder), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    return hashlib.sha1(repr(stats).encode()).hexdigest()[:10]
+
+
 def _square(data: dict[str, Any], size: int) -> np.ndarray:
     """An undecoded ``image`` cell ({"bytes", "path"}) -> center-cropped, resized RGB uint8 (size, size, 3)."""
     image = Image.open(io.BytesIO(data["bytes"]) if data.get("bytes") else data["path"])
@@ -35,8 +53,8 @@ def _square(data: dict[str, Any], size: int) -> np.ndarray:
 class _Faces(Dataset):
     """Rows ``indices`` of the cached uint8 faces, as ``(x,)`` or ``(x, y)`` with x float CHW in [-1, 1]."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, flip: bool, use_labels: bool):
-        self.images, self.labels, self.indices, self.flip, self.use_labels = images, labels, indices, flip, use_labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, use_labels: bool):
+        self.images, self.labels, self.indices, self.use_labels = images, labels, indices, use_labels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -44,8 +62,6 @@ class _Faces(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         row = self.indices[i]
         x = self.images[row].permute(2, 0, 1).float().div(127.5).sub(1.0)
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
         return (x, self.labels[row]) if self.use_labels else (x,)
 
 
@@ -53,7 +69,8 @@ class CelebFacesDataModule(ImageDataModule):
     """Celebrity faces (female / male), center-cropped to squares and scaled to [-1, 1] (data space [0, 1]).
 
     The images are decoded and resized once, by ``prepare_data``, into a uint8 cache in ``root/processed`` (one
-    file per dataset and image size, reused by every later run, offline too; delete it to rebuild). Rows of gender
+    file per dataset, image size and, for a local folder, version of its files: names, sizes and modification times;
+    reused by every later run, offline too, and logged; delete it to rebuild). Rows of gender
     1 (female, label 0) and 2 (male, label 1) are kept; images that fail to decode are skipped and counted.
 
     Args:
@@ -90,19 +107,27 @@ class CelebFacesDataModule(ImageDataModule):
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels
+            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels,
+            random_flip,
         )
         if image_size < 1 or num_val_samples < 0:
             raise ValueError(f"image_size ({image_size}) must be positive and num_val_samples ({num_val_samples}) "
                              "not negative.")
         self.dataset, self.root, self.image_size, self.labels = dataset, root, image_size, labels
-        self.random_flip, self.num_val_samples, self.seed = random_flip, num_val_samples, seed
-        # A local path (it exists, or is spelled like one) or else a Hub id; the cache is named after it.
+        self.num_val_samples, self.seed = num_val_samples, seed
+        # A local path (it exists, or is spelled like one) or else a Hub id; the cache is named after it and, for a
+        # local folder, after its files (names, sizes, modification times). Without the files (moved, or offline
+        # on another machine), the newest cache of that path serves.
         self.local = os.path.exists(dataset) or dataset.startswith((".", "/", "~"))
         identity = os.path.realpath(os.path.expanduser(dataset)) if self.local else dataset
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", identity).strip("-.")[-40:]
         digest = hashlib.sha1(f"{identity}|{_CACHE_VERSION}".encode()).hexdigest()[:10]
-        self.cache_path = os.path.join(root, "processed", f"celeb_{slug}_{digest}_train_{image_size}px.npz")
+        files = _files_digest(identity) if self.local else "hub"
+        name = f"celeb_{slug}_{digest}_{{}}_train_{image_size}px.npz"
+        self.cache_path = os.path.join(root, "processed", name.format(files or "nofiles"))
+        if files is None:
+            older = glob.glob(os.path.join(glob.escape(os.path.join(root, "processed")), name.format("*")))
+            self.cache_path = max(older, key=os.path.getmtime, default=self.cache_path)
         self.hf_cache = os.path.join(root, "raw", "hf")  # where datasets downloads and converts the source
 
     # The contract with the model: known from the arguments alone, before any data is read.
@@ -145,7 +170,7 @@ class CelebFacesDataModule(ImageDataModule):
         if any(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json")):
             source = datasets.load_from_disk(folder)
             return source["train"] if isinstance(source, datasets.DatasetDict) else source
-        files = sorted(glob.glob(os.path.join(glob.escape(folder), "**", "*.parquet"), recursive=True))
+        files = _source_files(folder)
         if not files:
             raise FileNotFoundError(
                 f"CelebFaces: {folder} is neither a folder of parquet files nor a datasets.save_to_disk folder: point "
@@ -155,6 +180,7 @@ class CelebFacesDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if os.path.isfile(self.cache_path):
+            rank_zero_info(f"CelebFaces: using the decoded cache {self.cache_path} (delete it to decode {self.dataset} again)")
             return
         import datasets
 
@@ -178,16 +204,21 @@ class CelebFacesDataModule(ImageDataModule):
         rows = rows.cast_column("image", datasets.Image(decode=False))
         images = np.empty((len(kept), self.image_size, self.image_size, 3), dtype=np.uint8)
         labels = np.empty(len(kept), dtype=np.int64)
-        count = 0
+        count, first_failure = 0, None
         for batch in rows.iter(batch_size=256):
             for data, gender in zip(batch["image"], batch["gender"]):
                 try:
                     images[count] = _square(data, self.image_size)
-                except Exception:  # PIL raises many kinds on corrupt or unsupported files
+                except Exception as error:  # noqa: BLE001 - PIL raises many kinds on corrupt or unsupported files
+                    first_failure = first_failure or error
                     continue
                 labels[count], count = _GENDERS[gender], count + 1
         if not count:
-            raise ValueError(f"CelebFaces: none of the {len(kept)} images of {self.dataset} could be decoded.")
+            cause = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", " ".join(str(first_failure).split()))[:160]
+            raise ValueError(
+                f"CelebFaces: none of the {len(kept)} images of {self.dataset} with gender 1 or 2 could be decoded "
+                f"(the first: {cause}): its image column must hold JPEG or PNG files (bytes or paths)."
+            )
 
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         temporary = f"{self.cache_path}.{os.getpid()}.tmp"
@@ -210,6 +241,6 @@ class CelebFacesDataModule(ImageDataModule):
         # A fixed permutation of the kept faces: its first num_val_samples validate.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
         self.splits = {
-            "train": _Faces(images, labels, order[self.num_val_samples :], self.random_flip, self.labels),
-            "val": _Faces(images, labels, order[: self.num_val_samples], False, self.labels),
+            "train": _Faces(images, labels, order[self.num_val_samples :], self.labels),
+            "val": _Faces(images, labels, order[: self.num_val_samples], self.labels),
         }

@@ -1,15 +1,19 @@
-"""Small image datasets from torchvision: MNIST, Fashion-MNIST and CIFAR-10, in model space [-1, 1]."""
+"""The image sets of torchvision: MNIST, Fashion-MNIST and CIFAR-10, in model space [-1, 1]."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import shutil
+import zlib
 from typing import Any, Callable, Literal, NamedTuple, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets import cifar
 
 from lightning_diffusion.data.base import ImageDataModule
 
@@ -17,9 +21,34 @@ ImageDatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
 
 _IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 _IDX_HINT = f"{', '.join(_IDX_FILES[:3])} and {_IDX_FILES[3]} (or their .gz)"
+_IDX_MAGIC = {3: 0x803, 1: 0x801}  # unsigned bytes; 3 dimensions (images) or 1 (labels)
 
 
-class _Source(NamedTuple):
+def _idx_dims(path: str, ndim: int) -> tuple[int, ...]:
+    """The dimensions in the header of an IDX file of unsigned bytes, after checking its magic number and that the
+    file holds every byte the header announces; one sentence naming the file otherwise."""
+    with open(path, "rb") as file:
+        header = file.read(4 + 4 * ndim)
+        size = os.fstat(file.fileno()).st_size
+    magic = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
+    if magic != _IDX_MAGIC[ndim] or len(header) < 4 + 4 * ndim:
+        found = "it is shorter than its header" if magic is None else f"its magic number is 0x{magic:08x}"
+        raise ValueError(
+            f"{path} is not an IDX file of {'images' if ndim == 3 else 'labels'}: {found}, expected "
+            f"0x{_IDX_MAGIC[ndim]:08x} (unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})"
+        )
+    dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = len(header) + int(np.prod(dims))
+    if size != expected:
+        announced = f"{dims[0]} images of {dims[1]}x{dims[2]}" if ndim == 3 else f"{dims[0]} labels"
+        raise ValueError(
+            f"{path} is {'truncated' if size < expected else 'longer than its header says'}: its header announces "
+            f"{announced} ({expected} bytes) but the file has {size} bytes"
+        )
+    return dims
+
+
+class _TorchvisionSource(NamedTuple):
     dataset_class: type  # the torchvision dataset
     name: str
     folder: str  # under root, where torchvision reads the files
@@ -29,11 +58,11 @@ class _Source(NamedTuple):
 
 
 _SOURCES = {
-    "mnist": _Source(datasets.MNIST, "MNIST", os.path.join("MNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)),
-    "fashion_mnist": _Source(
+    "mnist": _TorchvisionSource(datasets.MNIST, "MNIST", os.path.join("MNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)),
+    "fashion_mnist": _TorchvisionSource(
         datasets.FashionMNIST, "Fashion-MNIST", os.path.join("FashionMNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)
     ),
-    "cifar10": _Source(
+    "cifar10": _TorchvisionSource(
         datasets.CIFAR10,
         "CIFAR-10",
         "cifar-10-batches-py",
@@ -52,7 +81,7 @@ _CLASS_NAMES = {
 }
 
 
-class _Split(Dataset):
+class _TransformedSubset(Dataset):
     """Items ``indices`` of a torchvision dataset, transformed, as ``(x,)`` or ``(x, y)``."""
 
     def __init__(self, dataset: Dataset, indices: list[int], transform: Callable, labels: bool) -> None:
@@ -67,7 +96,7 @@ class _Split(Dataset):
         return (x, label) if self.labels else (x,)
 
 
-class MNISTDataModule(ImageDataModule):
+class TorchvisionDataModule(ImageDataModule):
     """MNIST, Fashion-MNIST or CIFAR-10 images scaled to [-1, 1] (data space [0, 1]: mean 0.5, std 0.5).
 
     The files are read where torchvision puts them: ``root/MNIST/raw``, ``root/FashionMNIST/raw`` or
@@ -109,12 +138,13 @@ class MNISTDataModule(ImageDataModule):
         predict_class_labels: Optional[list[int]] = None,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels
+            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels,
+            random_flip,
         )
         if dataset not in _SOURCES:
             raise ValueError(f"Unknown image dataset {dataset!r}: use one of {', '.join(_SOURCES)}.")
         self.dataset, self.root, self.download, self.labels = dataset, root, download, labels
-        self.pad_to_32, self.random_flip = pad_to_32, random_flip
+        self.pad_to_32 = pad_to_32
         self.num_val_samples, self.seed = num_val_samples, seed
         self.source = _SOURCES[dataset]
         self.folder = os.path.join(root, self.source.folder)  # where the files are read from
@@ -124,10 +154,6 @@ class MNISTDataModule(ImageDataModule):
     def sample_shape(self) -> tuple[int, ...]:
         channels, height, width = self.source.shape
         return (channels, 32, 32) if self.pad_to_32 else (channels, height, width)
-
-    @property
-    def num_classes(self) -> Optional[int]:
-        return len(self.class_names) if self.class_names else None
 
     @property
     def class_names(self) -> Optional[list[str]]:
@@ -144,6 +170,46 @@ class MNISTDataModule(ImageDataModule):
     def _missing_files(self) -> list[str]:
         return [f for f in self.source.files if not os.path.isfile(os.path.join(self.folder, f))]
 
+    def _fix(self) -> str:
+        return f"put the original {self.source.name} files in {self.folder} (or delete them there and set download: true)"
+
+    def _check_idx_files(self) -> None:
+        """MNIST and Fashion-MNIST: each IDX file whole, as many labels as images of 28x28, one sentence otherwise
+        (torchvision would fail on a bare assert or read garbage)."""
+        for split in ("train", "t10k"):
+            images, labels = (os.path.join(self.folder, f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+            try:
+                count, height, width = _idx_dims(images, 3)
+                (num_labels,) = _idx_dims(labels, 1)
+            except ValueError as error:
+                raise ValueError(f"{error}: {self._fix()}.") from error
+            if (height, width) != self.source.shape[1:]:
+                raise ValueError(f"{images} holds {height}x{width} images, expected {self.source.shape[1]}x"
+                                 f"{self.source.shape[2]}: {self._fix()}.")
+            if num_labels != count:
+                raise ValueError(f"{labels} holds {num_labels} labels but {images} holds {count} images: {self._fix()}.")
+
+    def _check_labels(self, dataset: Any, split: str) -> None:
+        """Labels are classes 0 to 9, as many as images; one sentence naming the split's files otherwise."""
+        targets = torch.as_tensor(dataset.targets)
+        files = {
+            ("cifar10", True): "data_batch_1 to data_batch_5", ("cifar10", False): "test_batch",
+        }.get((self.dataset, split == "train"), f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte")
+        where = f"{files} in {self.folder}"
+        classes = len(_CLASS_NAMES[self.dataset])
+        if len(targets) != len(dataset.data):
+            raise ValueError(f"{where} hold {len(targets)} labels for {len(dataset.data)} images: {self._fix()}.")
+        if len(targets) and (targets.min() < 0 or targets.max() >= classes):
+            raise ValueError(
+                f"{where} hold labels from {targets.min().item()} to {targets.max().item()}, expected 0 to "
+                f"{classes - 1} ({classes} classes): {self._fix()}."
+            )
+
+    def _corrupt_cifar_files(self) -> list[str]:
+        """The CIFAR-10 files whose checksum is not the published one (torchvision only says that one is not)."""
+        lists = self.source.dataset_class.train_list + self.source.dataset_class.test_list
+        return [name for name, md5 in lists if not cifar.check_integrity(os.path.join(self.folder, name), md5)]
+
     def _error(self, problem: str, cause: Optional[BaseException] = None) -> FileNotFoundError:
         # torchvision's messages span lines: keep the last one, the actual cause.
         reason = f" ({(str(cause).strip().splitlines() or [type(cause).__name__])[-1]})" if cause else ""
@@ -153,8 +219,16 @@ class MNISTDataModule(ImageDataModule):
         # torchvision reads the IDX files uncompressed and extracts only .gz files it has checksummed: extract any.
         for file in self._missing_files():
             if os.path.isfile(path := os.path.join(self.folder, file + ".gz")):
-                with gzip.open(path, "rb") as packed, open(os.path.join(self.folder, file), "wb") as unpacked:
-                    shutil.copyfileobj(packed, unpacked)
+                target = os.path.join(self.folder, file)
+                partial = f"{target}.{os.getpid()}.partial"  # a failed extraction leaves no file a rerun would trust
+                try:
+                    with gzip.open(path, "rb") as packed, open(partial, "wb") as unpacked:
+                        shutil.copyfileobj(packed, unpacked)
+                except (OSError, EOFError, zlib.error) as error:
+                    if os.path.exists(partial):
+                        os.remove(partial)
+                    raise ValueError(f"{path} is not a readable gzip file ({error}): {self._fix()}.") from error
+                os.replace(partial, target)
         if not self._missing_files():
             return
         if not self.download:
@@ -169,27 +243,38 @@ class MNISTDataModule(ImageDataModule):
             return
         if self._missing_files():
             raise self._error(f"not found in {self.folder} (prepare_data downloads or extracts it)")
+        if self.dataset != "cifar10":
+            self._check_idx_files()
         try:  # torchvision checks CIFAR-10's checksums
             full_train = self.source.dataset_class(self.root, train=True)
             test = self.source.dataset_class(self.root, train=False)
-        except RuntimeError as error:
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # torchvision's, or a damaged pickle
+            corrupt = self._corrupt_cifar_files() if self.dataset == "cifar10" else []
+            if corrupt:
+                raise ValueError(
+                    f"{', '.join(corrupt)} in {self.folder} {'does' if len(corrupt) == 1 else 'do'} not match the "
+                    f"published checksum{'' if len(corrupt) == 1 else 's'} (truncated or altered): {self._fix()}."
+                ) from error
             raise self._error(f"could not be read from {self.folder}", error) from error
+        self._check_labels(full_train, "train")
+        self._check_labels(test, "test")
         if not 0 <= self.num_val_samples < len(full_train):
             raise ValueError(
                 f"num_val_samples ({self.num_val_samples}) must lie in [0, {len(full_train) - 1}]: the validation "
                 f"split comes out of the {len(full_train)} training images."
             )
 
-        # PIL image -> (pad with background) -> (flip) -> [0, 1] -> [-1, 1]
+        # PIL image -> (pad with background) -> [0, 1] -> [-1, 1]; random flips come later, on the batch (base.py)
         pad = [transforms.Pad((32 - self.source.shape[2]) // 2, fill=0)] if self.pad_to_32 else []
-        flip = [transforms.RandomHorizontalFlip()] if self.random_flip else []
-        to_model_space = [transforms.ToTensor(), transforms.Normalize(self.data_mean, self.data_std)]
-        evaluate, train = transforms.Compose(pad + to_model_space), transforms.Compose(pad + flip + to_model_space)
+        transform = transforms.Compose(pad + [transforms.ToTensor(), transforms.Normalize(self.data_mean, self.data_std)])
 
         # A fixed permutation of the official training split: its first num_val_samples images validate.
         order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()
         self.splits = {
-            "train": _Split(full_train, order[self.num_val_samples :], train, self.labels),
-            "val": _Split(full_train, order[: self.num_val_samples], evaluate, self.labels),
-            "test": _Split(test, list(range(len(test))), evaluate, self.labels),
+            "train": _TransformedSubset(full_train, order[self.num_val_samples :], transform, self.labels),
+            "val": _TransformedSubset(full_train, order[: self.num_val_samples], transform, self.labels),
+            "test": _TransformedSubset(test, list(range(len(test))), transform, self.labels),
         }
+
+
+MNISTDataModule = TorchvisionDataModule  # the name of earlier configs, which keep working

@@ -92,6 +92,15 @@ class Toy2DDataModule(DiffusionDataModule):
             raise ValueError(f"Unknown 2D dataset {dataset!r}: use one of {', '.join(_CLASS_NAMES)}.")
         if labels and _CLASS_NAMES[dataset] is None:
             raise ValueError(f"The {dataset} dataset has no labels: set labels to false or choose another dataset.")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1 (the training split), got {num_samples}.")
+        if num_val_samples < 1:
+            raise ValueError(
+                f"num_val_samples must be at least 1 (the validation split is drawn with this size), got "
+                f"{num_val_samples}: to train without validation, set trainer.limit_val_batches 0 instead."
+            )
+        if noise < 0:
+            raise ValueError(f"noise is the standard deviation of the added noise and cannot be negative, got {noise}.")
         self.dataset, self.num_samples, self.num_val_samples = dataset, num_samples, num_val_samples
         self.noise, self.labels, self.seed = noise, labels, seed
 
@@ -111,10 +120,6 @@ class Toy2DDataModule(DiffusionDataModule):
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (2,)
-
-    @property
-    def num_classes(self) -> Optional[int]:
-        return len(self.class_names) if self.class_names else None
 
     @property
     def class_names(self) -> Optional[list[str]]:

@@ -1,0 +1,154 @@
+"""The one checkpoint reader: what a .ckpt holds, checked in one sentence before anything is built from it."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_diffusion.runs import resumable_checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot serve the command: the message is the one sentence the user sees."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (Lightning always does)
+
+
+def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
+    """The checkpoint's dictionary (tensors memory-mapped, so reading the hyperparameters is cheap); one sentence
+    if the file is missing, empty, not a checkpoint, damaged, or (with `weights_only`) holds Python objects."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a .ckpt file in it (e.g. {path}/checkpoints/last.ckpt).")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: give a .ckpt file of a run (or --ckpt_path last).")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head != _ZIP_MAGIC:
+        what = "empty" if not head else "not a PyTorch zip archive"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({what}: truncated or not a .ckpt): give a "
+                              ".ckpt file of a run.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except pickle.UnpicklingError as error:
+        if weights_only and "weights only" in str(error).lower():
+            raise CheckpointError(
+                f"{path} holds Python objects that a safe load refuses ({_cause(error)}): if you trust the file, "
+                "pass --weights_only false."
+            ) from error
+        raise CheckpointError(f"{path} is not a readable checkpoint (damaged: {_cause(error)}).") from error
+    except Exception as error:  # noqa: BLE001 - zip and storage errors all mean the same to a user
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged: {_cause(error)}): give another .ckpt of "
+            "the run (or --ckpt_path last)."
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict): give a .ckpt of a run.")
+    return checkpoint
+
+
+def _cause(error: BaseException) -> str:
+    """The first clause of a library's message: torch's zip errors go on about miniz internals."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.split(". ")[0].rstrip(".")[:160]
+
+
+def first_readable(candidates: Iterable[Path]) -> Optional[Path]:
+    """The first readable checkpoint of `candidates` (newest first), each unreadable one before it skipped with a
+    warning that names it, or None."""
+    for path in candidates:
+        try:
+            read_checkpoint(path)
+        except CheckpointError as error:
+            rank_zero_warn(f"skipped: {str(error).split(': give ')[0].rstrip('.')}.")  # the remedy is the skip
+            continue
+        return path
+    return None
+
+
+def last_checkpoint(output_dir: str, experiment: str) -> Path:
+    """`--ckpt_path last`: the experiment's newest readable resumable checkpoint, printed; newer unreadable ones are
+    skipped with a warning each (nothing is deleted)."""
+    found = resumable_checkpoints(output_dir, experiment)
+    if not found:
+        raise CheckpointError(
+            f"--ckpt_path last found no last.ckpt or interrupted.ckpt under {Path(output_dir) / experiment}"
+            "/version_*/checkpoints: give a checkpoint path (or the experiment and --output_dir of the run)."
+        )
+    chosen = first_readable(found)
+    if chosen is None:
+        raise CheckpointError(
+            f"--ckpt_path last found {len(found)} checkpoints under {Path(output_dir) / experiment}, none readable "
+            "(see the warnings above): give a checkpoint path."
+        )
+    rank_zero_info(f"--ckpt_path last: {chosen}")
+    return chosen
+
+
+def drop_built_objects(hparams: dict[str, Any]) -> None:
+    """Keep in `hparams` only what a config can rebuild: objects built in Python (a denoiser, a scheduler, metric
+    instances) are not hyperparameters (the weights are in the state_dict); such a checkpoint loads with
+    load_from_checkpoint(path, denoiser=..., scheduler=...)."""
+    for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):
+        if not isinstance(hparams.get(name), (dict, type(None))):
+            hparams.pop(name)
+    if not all(isinstance(metric, dict) for metric in hparams.get("sample_metrics") or []):
+        hparams.pop("sample_metrics")
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of older checkpoints in today's form: the denoiser was built by the CLI with the data's
+    `sample_shape` and `num_classes` among its arguments; now the model calls it with them (a factory)."""
+    denoiser = hparams.get("denoiser")
+    if isinstance(denoiser, dict) and isinstance(denoiser.get("init_args"), dict):
+        init_args = {k: v for k, v in denoiser["init_args"].items() if k not in ("sample_shape", "num_classes")}
+        hparams = {**hparams, "denoiser": {**denoiser, "init_args": init_args}}
+    return hparams
+
+
+def model_class_name(hparams: dict[str, Any]) -> str:
+    """The LightningModule class a checkpoint was saved from (CLI checkpoints record it; else told by its keys)."""
+    if "_class_path" in hparams:
+        return str(hparams["_class_path"]).rsplit(".", 1)[-1]
+    if {"denoiser", "scheduler", "prediction_type"} & set(hparams):
+        return "DiffusionModule"
+    return "ImageClassifier" if "num_features" in hparams else "LightningModule of another kind"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def check_checkpoint(
+    path: str | Path,
+    expected: str,
+    sample_shape: Optional[tuple[int, ...]] = None,
+    num_classes: Optional[int] = None,
+    needed_by: str = "this config builds",
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """The checkpoint's upgraded hyperparameters, after checking it holds an `expected` model trained on data of
+    this `sample_shape` and `num_classes` (where given); one sentence naming the difference otherwise."""
+    hparams = upgrade_hparams(read_checkpoint(path, weights_only).get("hyper_parameters") or {})
+    held = model_class_name(hparams)
+    if held != expected:
+        raise CheckpointError(
+            f"{path} holds {_a(held)}; {needed_by} {_a(expected)}: give a checkpoint of {_a(expected)} run."
+        )
+    trained_shape = hparams.get("sample_shape")
+    if sample_shape is not None and trained_shape is not None and tuple(trained_shape) != tuple(sample_shape):
+        raise CheckpointError(
+            f"{path} was trained on {tuple(trained_shape)} samples; this config makes {tuple(sample_shape)}: "
+            "use the config the checkpoint was trained with (its run folder's config.yaml)."
+        )
+    if sample_shape is not None and "num_classes" in hparams and hparams["num_classes"] != num_classes:
+        raise CheckpointError(
+            f"{path} was trained with num_classes={hparams['num_classes']}; this config has {num_classes}: "
+            "use the config the checkpoint was trained with (its run folder's config.yaml)."
+        )
+    return hparams

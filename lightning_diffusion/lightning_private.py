@@ -1,0 +1,63 @@
+"""Every use of a private Lightning API, in one place; `check()` fails in one sentence when Lightning changes one.
+
+pyproject.toml pins lightning below the next minor release; tests/test_lightning_private.py calls `check()`, so
+that a Lightning upgrade that moves one of these fails there, naming it, rather than deep inside a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.cli import LightningCLI
+
+
+def stop_all_ranks(trainer: L.Trainer) -> None:
+    """Lightning's SIGTERM flag, set on this rank: its loops raise SIGTERMException at their next check (the
+    public `trainer.should_stop` would run validation and checkpoints first, and a stop inside validation could
+    not be resumed exactly)."""
+    trainer._signal_connector.received_sigterm = True
+
+
+def is_logging_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes step metrics to the loggers after this training batch (its `log_every_n_steps`
+    condition, on the batches that stepped the optimizer)."""
+    return trainer._logger_connector.should_update_logs
+
+
+def is_last_batch(trainer: L.Trainer) -> bool:
+    """Whether the training batch in progress is the epoch's last."""
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def averaged_model(callback: WeightAveraging) -> Any:
+    """The AveragedModel of a weight-averaging callback (None before `fit` set it up)."""
+    return callback._average_model
+
+
+# LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
+_USED = {
+    "Trainer._signal_connector.received_sigterm": lambda: hasattr(L.Trainer(logger=False, enable_checkpointing=False,
+                                                                             enable_progress_bar=False,
+                                                                             enable_model_summary=False)._signal_connector,
+                                                                   "received_sigterm"),
+    "Trainer._logger_connector.should_update_logs": lambda: hasattr(
+        type(L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False)._logger_connector), "should_update_logs"),
+    "WeightAveraging._average_model": lambda: hasattr(WeightAveraging(), "_average_model"),
+    "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda: hasattr(L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    ).fit_loop.epoch_loop.batch_progress, "is_last_batch"),
+    "LightningCLI._parse_ckpt_path": lambda: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
+}
+
+
+def check() -> None:
+    """Raise one sentence naming each private Lightning API that the installed Lightning no longer has."""
+    missing = [name for name, present in _USED.items() if not present()]
+    if missing:
+        raise RuntimeError(
+            f"lightning {L.__version__} no longer has {', '.join(missing)}, which lightning_diffusion relies on: "
+            "install the lightning version pyproject.toml allows, or update lightning_diffusion/lightning_private.py."
+        )

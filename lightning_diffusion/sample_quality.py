@@ -1,0 +1,80 @@
+"""Evaluation samples: generated against held-out ones at the end of an evaluation, over all ranks, and the
+noise of `predict`'s requested samples.
+
+Each rank keeps 2m held-out samples (m = val_num_samples / world size): the first m are compared with m samples it
+generates with the same class proportions, the other m give the real-vs-real floor. The samples of all ranks are
+gathered before any metric, so every rank computes, and logs, the global value.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_diffusion.metrics import distribution_metrics
+
+
+class HeldOut:
+    """The held-out samples (and labels) of one evaluation, up to `2 * num_samples` of them on this rank."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.points: list[Tensor] = []
+        self.labels: list[Tensor] = []
+
+    def collect(self, x: Tensor, y: Optional[Tensor]) -> None:
+        if self.num_samples and sum(len(p) for p in self.points) < 2 * self.num_samples:
+            self.points.append(x.detach())
+            if y is not None:
+                self.labels.append(y.detach())
+
+    def take(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The collected points and labels (None if none), emptying the collection for the next evaluation."""
+        points, labels = self.points, self.labels
+        self.points, self.labels = [], []
+        return (torch.cat(points) if points else None), (torch.cat(labels) if labels else None)
+
+
+def generate(module: L.LightningModule, num_samples: int, labels: Optional[Tensor]) -> Tensor:
+    """`num_samples` samples (model space) with the class `labels`, in chunks of `sample_batch_size`; each rank its
+    own noise (the seed offset by the rank), the same at every evaluation."""
+    generator = torch.Generator().manual_seed(module.hparams.sample_seed + 7919 * module.global_rank)
+    chunk = module.hparams.sample_batch_size or max(num_samples, 1)
+    return torch.cat([
+        module.sample(min(chunk, num_samples - start), generator=generator, data_space=False,
+                      class_labels=None if labels is None else labels[start : start + chunk])
+        for start in range(0, num_samples, chunk)
+    ])
+
+
+def request_noise(indices: Tensor, seed: int, sample_shape: tuple[int, ...]) -> tuple[Tensor, torch.Generator]:
+    """The x_T of `predict`'s requested samples (data.SampleRequests): sample i of seed s has its own, however the
+    requests are split over batches and devices; and the generator of a stochastic sampler's noise."""
+    base = seed << 32
+    noise = torch.stack([torch.randn(sample_shape, generator=torch.Generator().manual_seed(base + int(i))) for i in indices])
+    return noise, torch.Generator().manual_seed(base + int(indices[0]))
+
+
+def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> dict[str, Tensor]:
+    """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank."""
+    trainer = module.trainer
+    m = min(module.hparams.val_num_samples // trainer.world_size, len(real) // 2)
+    m = int(trainer.strategy.reduce(torch.tensor(m, device=module.device), reduce_op="min"))
+    real_a, real_b = real[:m], real[m : 2 * m]
+    labels_a = labels[:m] if labels is not None else None  # generated with the class proportions of real_a
+    labels_b = labels[m : 2 * m] if labels is not None else None
+    generated = generate(module, m, labels_a)
+
+    def gather(x: Optional[Tensor]) -> Optional[Tensor]:
+        return module.all_gather(x).flatten(0, 1) if x is not None and trainer.world_size > 1 else x
+
+    real_a, real_b, generated, labels_a, labels_b = map(gather, (real_a, real_b, generated, labels_a, labels_b))
+    metrics = distribution_metrics(generated, real_a, real_b)
+    if module.sample_metrics:  # in data space, where images are in [0, 1]
+        images = [module.to_data_space(x).float() for x in (generated, real_a, real_b)]
+        for metric in module.sample_metrics:
+            metrics |= metric.evaluate(images[0], images[1], images[2], labels_a, labels_b)
+    return metrics
