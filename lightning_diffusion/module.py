@@ -2,66 +2,40 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from typing import Any, Literal, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, Union
 
-import diffusers
 import lightning as L
 import torch
 from diffusers import SchedulerMixin
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_diffusion import diffusion
+from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
+from lightning_diffusion.checks import check_arguments, check_held_out, sample_labels
 from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.evaluation import SampleMetrics
-from lightning_diffusion.metrics import mmd_rbf, sliced_wasserstein
+from lightning_diffusion.lightning_private import is_logging_step
+from lightning_diffusion.training_state import LossMonitor, seed_rank_streams
+from lightning_diffusion.optim import SharedFactory, configure_optimizers
+from lightning_diffusion.runs import run_dir
+from lightning_diffusion.sample_quality import HeldOut, request_noise, sample_quality
+from lightning_diffusion.samplers import Sampler, build_sampler
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
-
-
-def sampler_class(name: str) -> type[SchedulerMixin]:
-    """The diffusers scheduler class called `name`, or a one-sentence error."""
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ValueError(
-            f"Unknown sampler {name!r}: use a diffusers scheduler class name such as DDPMScheduler, DDIMScheduler, "
-            "DPMSolverMultistepScheduler, EulerDiscreteScheduler or UniPCMultistepScheduler."
-        )
-    return cls
-
-
-class _Factory:
-    """An optimizer or LR-scheduler factory that deep copies of the module (EMA's AveragedModel) share: the
-    partials jsonargparse builds reference the CLI itself, and under DDP its locks, which cannot be copied."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
-
-    def __deepcopy__(self, memo: dict) -> "_Factory":
-        return self
-
-
-def configure_optimizers(module: L.LightningModule) -> Any:
-    """The optimizer of `module.optimizer_fn` and, if any, the LR scheduler of `module.lr_scheduler_fn`, stepped
-    every `lr_scheduler_interval` (a hyperparameter)."""
-    optimizer = module.optimizer_fn(module.parameters())
-    if module.lr_scheduler_fn is None:
-        return optimizer
-    scheduler = module.lr_scheduler_fn(optimizer)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": module.hparams.lr_scheduler_interval}}
+# What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
+DenoiserFactory = Callable[[tuple[int, ...], Optional[int]], nn.Module]
 
 
 class DiffusionModule(L.LightningModule):
     """Trains a denoiser on the forward process of a diffusers scheduler and samples with any diffusers sampler.
 
     Args:
-        denoiser: The network, ``forward(x_t, t, class_labels=None)``; it predicts what ``prediction_type`` says.
+        denoiser: The network, ``forward(x_t, t, class_labels=None)``, predicting what ``prediction_type`` says: a
+            class (``class_path`` and its ``init_args`` in the config) that is called with the data's
+            ``sample_shape`` and ``num_classes``, or, from Python, a built ``nn.Module``.
         scheduler: The noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
             DDPMScheduler); its own ``prediction_type`` is ignored in favour of this module's.
         prediction_type: The training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or ``v_prediction``
@@ -94,9 +68,15 @@ class DiffusionModule(L.LightningModule):
         data_std: Per-channel standard deviation, likewise.
     """
 
+    # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
+    call_options: ClassVar[tuple[str, ...]] = (
+        "sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed",
+        "val_num_samples", "sample_metrics", "sample_batch_size",
+    )
+
     def __init__(
         self,
-        denoiser: nn.Module,
+        denoiser: DenoiserFactory,
         scheduler: SchedulerMixin,
         prediction_type: PredictionType = "epsilon",
         loss_weighting: LossWeighting = "uniform",
@@ -124,48 +104,21 @@ class DiffusionModule(L.LightningModule):
         with warnings.catch_warnings():  # objects given from Python are dropped just below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
-        # Built in Python rather than by the CLI: the objects themselves are not hyperparameters (the weights are in
-        # the state_dict); load such a checkpoint with load_from_checkpoint(path, denoiser=..., scheduler=...).
-        for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):
-            if not isinstance(self.hparams.get(name), (dict, type(None))):
-                self.hparams.pop(name)
-        if not all(isinstance(metric, dict) for metric in self.hparams.get("sample_metrics") or []):
-            self.hparams.pop("sample_metrics")
+        drop_built_objects(self.hparams)
 
-        if getattr(scheduler, "alphas_cumprod", None) is None:
-            raise ValueError(
-                f"The training scheduler {type(scheduler).__name__} has no alphas_cumprod: use a DDPM-family "
-                "scheduler such as DDPMScheduler for training and choose the sampler with `sampler`."
-            )
-        self._sampler_class = sampler_class(sampler)
-        num_train_timesteps = scheduler.config.num_train_timesteps
-        if not 0 < num_inference_steps <= num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
-        denoiser_classes = getattr(denoiser, "num_classes", num_classes)
-        if denoiser_classes != num_classes:
-            raise ValueError(
-                f"The denoiser has num_classes={denoiser_classes} but the data has {num_classes}: "
-                "let the CLI link them, or pass the same value to both."
-            )
-        if guidance_scale != 1.0 and not num_classes:
-            raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes).")
-
-        if sample_metrics and len(sample_shape) != 3:
-            raise ValueError(f"sample_metrics score images (C, H, W), but the samples have shape {tuple(sample_shape)}.")
-        if sample_metrics and not val_num_samples:
-            raise ValueError("sample_metrics are computed on val_num_samples samples: set val_num_samples (e.g. 1000).")
-        if sample_batch_size is not None and sample_batch_size < 1:
-            raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {sample_batch_size}.")
-
-        if guidance_scale != 1.0 and label_dropout == 0.0:
-            rank_zero_warn("guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise.")
+        if not isinstance(denoiser, nn.Module):
+            denoiser = denoiser(tuple(sample_shape), num_classes)
+        check_arguments(
+            denoiser, scheduler, sampler=sampler, num_inference_steps=num_inference_steps, label_dropout=label_dropout,
+            guidance_scale=guidance_scale, val_num_samples=val_num_samples, sample_metrics=sample_metrics,
+            sample_batch_size=sample_batch_size, sample_shape=tuple(sample_shape), num_classes=num_classes,
+            prediction_type=prediction_type,
+        )
 
         self.denoiser = denoiser
         self.scheduler = scheduler
-        self.optimizer_fn = _Factory(optimizer)
-        self.lr_scheduler_fn = _Factory(lr_scheduler) if lr_scheduler is not None else None
+        self.optimizer_fn = SharedFactory(optimizer)
+        self.lr_scheduler_fn = SharedFactory(lr_scheduler) if lr_scheduler is not None else None
         self.prediction_type = prediction_type
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
@@ -178,47 +131,22 @@ class DiffusionModule(L.LightningModule):
         self.register_buffer("data_mean", mean, persistent=False)
         self.register_buffer("data_std", std, persistent=False)
         object.__setattr__(self, "_train_denoiser", denoiser)  # not a submodule: torch.compile may replace it in setup
-        self._val_points: list[Tensor] = []
-        self._val_labels: list[Tensor] = []
+        self._held_out = HeldOut(val_num_samples)
+        self._losses = LossMonitor()
+        self.last_train_loss: Optional[float] = None
+        self.make_sampler()  # a sampler option it lacks is one sentence now, not at the first validation
 
     # ---------------------------------------------------------------- sampling
 
-    def make_sampler(self, name: Optional[str] = None) -> SchedulerMixin:
-        """A fresh sampler from the training scheduler's config, so the betas always agree.
-
-        Samplers keep the training scheduler's clipping of x0 to [-1, 1] (`clip_sample`, the image range): those
-        without a `clip_sample` option (DPM-Solver, UniPC) get it as thresholding capped at 1, which is that clip.
-        Unclipped, their x0 predictions of an eps-model at high noise leave the pixel range far behind.
-        """
-        cls = sampler_class(name) if name is not None else self._sampler_class
-        config, options = self.scheduler.config, inspect.signature(cls.__init__).parameters
-        clip = (
-            config.get("clip_sample") and config.get("clip_sample_range", 1.0) == 1.0
-            and "clip_sample" not in options and "thresholding" in options
-            and len(self.sample_shape) > 1  # diffusers thresholds (C, H, W) samples only
+    def make_sampler(self, name: Optional[str] = None) -> Sampler:
+        """A fresh sampler (the configured one, or `name`) over the training schedule: see samplers.build_sampler."""
+        return build_sampler(
+            self.scheduler.config, name or self.hparams.sampler, self.prediction_type,
+            image_like=len(self.sample_shape) > 1, overrides=self.hparams.sampler_kwargs,
         )
-        kwargs = {"thresholding": True, "sample_max_value": 1.0} if clip else {}
-        kwargs.update({**(self.hparams.sampler_kwargs or {}), "prediction_type": self.prediction_type})
-        return cls.from_config(config, **kwargs)
 
     def to_data_space(self, x: Tensor) -> Tensor:
         return x * self.data_std + self.data_mean
-
-    def _class_labels(self, num_samples: int, class_labels: Union[None, int, Sequence[int], Tensor]) -> Optional[Tensor]:
-        if not self.num_classes:
-            if class_labels is not None:
-                raise ValueError("class_labels were given but the model is unconditional (num_classes is None).")
-            return None
-        if class_labels is None:  # every class in turn
-            return torch.arange(num_samples, device=self.device) % self.num_classes
-        labels = torch.as_tensor(class_labels, device=self.device).long().flatten()
-        labels = labels.expand(num_samples) if labels.numel() == 1 else labels
-        if labels.numel() != num_samples or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(
-                f"class_labels must be {num_samples} labels (or one) in [0, {self.num_classes - 1}], "
-                f"got {labels.numel()} in [{labels.min().item()}, {labels.max().item()}]."
-            )
-        return labels
 
     @torch.no_grad()
     def sample(
@@ -239,7 +167,7 @@ class DiffusionModule(L.LightningModule):
         `generator` (a CPU generator) makes the result reproducible, as does a given x_T `noise`; conditional
         models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every step.
         """
-        labels = self._class_labels(num_samples, class_labels)
+        labels = sample_labels(num_samples, class_labels, self.num_classes, self.device)
         if noise is None:
             noise = torch.randn((num_samples, *self.sample_shape), generator=generator)
         noise = noise.to(self.device)
@@ -277,6 +205,12 @@ class DiffusionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate", "test"):
             self.load_sample_metrics(self.device)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if self.hparams.val_num_samples and datamodule is not None:
+                loader = datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()
+                check_held_out(self.hparams.val_num_samples, len(loader.dataset), str(getattr(stage, "value", stage)))
+        if stage == "fit":
+            seed_rank_streams(self.trainer.world_size, self.global_rank)
         if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
             # held outside the module tree, so that the state_dict has no "_orig_mod." names
             object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
@@ -322,27 +256,32 @@ class DiffusionModule(L.LightningModule):
             drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         loss = self._loss(x0, y, denoiser=self._train_denoiser)
-        nonfinite = not torch.isfinite(loss).item()
-        if self._trainer is not None:  # one decision for all ranks: none is left waiting in the gradient all-reduce
-            nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
-        if nonfinite:
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-            raise FloatingPointError(
-                f"Non-finite loss at step {self.global_step} (epoch {self.current_epoch}): training stopped, the last "
-                f"good checkpoint is {last}; lower the learning rate, clip gradients (trainer.gradient_clip_val) "
-                "or prefer bf16-mixed to 16-mixed."
-            )
-        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self._losses.update(loss, self.global_step)
+        # The host reads the losses (one sync, one collective) only where Lightning logs, and on the epoch's last
+        # batch, before any end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
+        if self._trainer is not None and (is_logging_step(self.trainer) or batch_idx + 1 >= self.trainer.num_training_batches):
+            self.last_train_loss = self._read_losses()  # a float on the host: callbacks.LossProgressBar shows it
+            self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
         return loss
+
+    def on_validation_start(self) -> None:
+        if self._losses.count:  # a validation inside an epoch: no checkpoint after a non-finite loss
+            self._read_losses()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._losses.count:  # before the file is written (every rank takes part in a save)
+            self._read_losses()
+
+    def _read_losses(self) -> float:
+        folders = [run_dir(self.trainer) / "checkpoints"]
+        folders += [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+        return self._losses.read(self.all_gather, self.current_epoch, folders)
 
     def _evaluation_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
         x0, y = self._unpack(batch)
         loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=x0.shape[0])
-        if self.hparams.val_num_samples and sum(len(p) for p in self._val_points) < 2 * self.hparams.val_num_samples:
-            self._val_points.append(x0.detach())
-            if y is not None:
-                self._val_labels.append(y.detach())
+        self._held_out.collect(x0, y)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -350,49 +289,18 @@ class DiffusionModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
 
-    def _gather(self, x: Tensor) -> Tensor:
-        """Every rank's (equal-size) x, concatenated: metrics over all devices' samples, the same on every rank."""
-        return self.all_gather(x).flatten(0, 1) if self.trainer.world_size > 1 else x
-
-    def _sample_quality(self, stage: str) -> None:
-        points, labels = self._val_points, self._val_labels
-        self._val_points, self._val_labels = [], []
-        if not points or self.trainer.sanity_checking:
+    def _log_sample_quality(self, stage: str) -> None:
+        real, labels = self._held_out.take()
+        if real is None or self.trainer.sanity_checking:
             return
-        real = torch.cat(points)
-        m = min(self.hparams.val_num_samples // self.trainer.world_size, len(real) // 2)
-        m = int(self.trainer.strategy.reduce(torch.tensor(m, device=self.device), reduce_op="min"))
-        real_a, real_b = real[:m], real[m : 2 * m]
-        all_labels = torch.cat(labels) if labels else None
-        labels_a = all_labels[:m] if labels else None  # generate the class proportions of real_a
-        labels_b = all_labels[m : 2 * m] if labels else None
-        # each rank its own noise: seed offset by the rank, the same for every evaluation
-        generator = torch.Generator().manual_seed(self.hparams.sample_seed + 7919 * self.global_rank)
-        chunk = self.hparams.sample_batch_size or m
-        generated = torch.cat([
-            self.sample(len(part), class_labels=None if labels_a is None else labels_a[start : start + len(part)],
-                        generator=generator, data_space=False)
-            for start, part in zip(range(0, m, chunk), real_a.split(chunk))
-        ])
-        real_a, real_b, generated = self._gather(real_a), self._gather(real_b), self._gather(generated)
-        if labels_a is not None:
-            labels_a, labels_b = self._gather(labels_a), self._gather(labels_b)
-        swd = sliced_wasserstein(generated, real_a)
-        floor = sliced_wasserstein(real_b, real_a)
-        metrics = {"swd": swd, "swd_floor": floor, "swd_ratio": swd / floor}
-        metrics |= {"mmd": mmd_rbf(generated, real_a), "mmd_floor": mmd_rbf(real_b, real_a)}
-        if self.sample_metrics:  # in data space, where images are in [0, 1]
-            images = [self.to_data_space(x).float() for x in (generated, real_a, real_b)]
-            for metric in self.sample_metrics:
-                metrics |= metric.evaluate(images[0], images[1], images[2], labels_a, labels_b)
-        # every rank holds the same values (computed on the gathered samples)
+        metrics = sample_quality(self, real, labels)  # every rank holds the same values: the reduce changes nothing
         self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._sample_quality("val")
+        self._log_sample_quality("val")
 
     def on_test_epoch_end(self) -> None:
-        self._sample_quality("test")
+        self._log_sample_quality("test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Optional[Tensor]]:
         """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""
@@ -400,11 +308,7 @@ class DiffusionModule(L.LightningModule):
         labels = requested.long() if self.num_classes else None
         if labels is not None and (labels < 0).any():
             labels = indices.to(self.device) % self.num_classes
-        seed = self.hparams.sample_seed << 32  # sample i of seed s has its own x_T, however the requests are split
-        noise = torch.stack([
-            torch.randn(self.sample_shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in indices
-        ])
-        generator = torch.Generator().manual_seed(seed + int(indices[0]))  # the noise of stochastic samplers
+        noise, generator = request_noise(indices, self.hparams.sample_seed, self.sample_shape)
         samples = self.sample(len(indices), class_labels=labels, generator=generator, noise=noise)
         return {
             "samples": samples.cpu(),
@@ -414,3 +318,12 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Union[str, Path], *args: Any, **kwargs: Any) -> "DiffusionModule":
+        """Lightning's load_from_checkpoint, after checking the file holds a DiffusionModule (one sentence if not)
+        and bringing older checkpoints' hyperparameters up to date (checkpoints.upgrade_hparams)."""
+        hparams = check_checkpoint(checkpoint_path, "DiffusionModule")
+        if isinstance(hparams.get("denoiser"), dict):  # built by the CLI: rebuild it from the upgraded config
+            kwargs.setdefault("denoiser", hparams["denoiser"])
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -7,7 +7,8 @@ from fakes import PointMassOracle
 from matplotlib.figure import Figure
 
 from lightning_diffusion import DiffusionModule, diffusion
-from lightning_diffusion.callbacks.ema import warmup_ema_fn
+from lightning_diffusion.checks import sample_labels
+from lightning_diffusion.callbacks.ema import warmup_decay
 from lightning_diffusion.callbacks.trajectory import forward_frames
 from lightning_diffusion.denoisers import MLPDenoiser
 from lightning_diffusion.plotting import scatter_figure, trajectory_figure
@@ -62,8 +63,8 @@ def test_sample_maps_to_data_space_and_is_reproducible():
 
 def test_conditional_sampling_labels():
     model = make_module(num_classes=3, guidance_scale=2.0, label_dropout=0.1, num_inference_steps=5)
-    assert model._class_labels(5, None).tolist() == [0, 1, 2, 0, 1]
-    assert model._class_labels(3, 2).tolist() == [2, 2, 2]
+    assert sample_labels(5, None, 3, model.device).tolist() == [0, 1, 2, 0, 1]
+    assert sample_labels(3, 2, 3, model.device).tolist() == [2, 2, 2]
     assert model.sample(4, class_labels=[0, 1, 2, 1]).shape == (4, 2)
     with pytest.raises(ValueError, match=r"class_labels must be 2 labels \(or one\) in \[0, 2\]"):
         model.sample(2, class_labels=[0, 3])
@@ -91,12 +92,11 @@ def test_label_dropout_uses_the_null_label():
 
 
 def test_ema_decay_warms_up():
-    avg_fn = warmup_ema_fn(0.999)
-    averaged, current = torch.zeros(3), torch.ones(3)
     # after 0 updates the decay is min(0.999, 1/10) = 0.1: the average moves 90% of the way
-    assert torch.allclose(avg_fn(averaged, current, torch.tensor(0)), torch.full((3,), 0.9))
+    assert warmup_decay(0.999, 0) == pytest.approx(0.1)
+    assert warmup_decay(0.999, 10) == pytest.approx(11 / 20)
     # late, the full decay applies
-    assert torch.allclose(avg_fn(averaged, current, torch.tensor(100_000)), torch.full((3,), 0.001))
+    assert warmup_decay(0.999, 100_000) == 0.999
 
 
 def test_forward_frames_follow_q_sample():
@@ -138,9 +138,9 @@ def test_samplers_keep_the_training_clip(name):
 
 def test_clip_carry_over_is_overridable():
     clipped = DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(clip_sample=True), sample_shape=(1, 4, 4))
-    sampler = clipped.make_sampler("DPMSolverMultistepScheduler")
+    sampler = clipped.make_sampler("DPMSolverMultistepScheduler").scheduler
     assert sampler.config.thresholding and sampler.config.sample_max_value == 1.0
     assert not DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,)).make_sampler(
-        "DPMSolverMultistepScheduler").config.thresholding  # no clip to carry (the 2D configs)
+        "DPMSolverMultistepScheduler").scheduler.config.thresholding  # no clip to carry (the 2D configs)
     clipped.hparams.sampler_kwargs = {"thresholding": False}  # a config's own choice wins
-    assert not clipped.make_sampler("DPMSolverMultistepScheduler").config.thresholding
+    assert not clipped.make_sampler("DPMSolverMultistepScheduler").scheduler.config.thresholding

@@ -1,6 +1,6 @@
-"""Stop signals and resume: a SIGTERM during validation stops at the epoch's end and resumes exactly, nothing is
-saved outside fit, under DDP a signal on one rank stops both ranks with a checkpoint, `--ckpt_path last` finds the
-newest checkpoint, and last.ckpt follows every epoch."""
+"""Stop signals and resume: a SIGTERM during validation stops at the epoch's end and 2 + 2 epochs resume to exactly
+4 straight ones, nothing is saved outside fit, under DDP a signal on one rank stops both ranks with a checkpoint,
+`--ckpt_path last` finds the newest checkpoint, and last.ckpt follows every epoch."""
 
 import os
 import signal
@@ -11,16 +11,16 @@ import time
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_diffusion.callbacks as callbacks
 from conftest import REPO
-from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
+from lightning_diffusion.runs import newest_checkpoint
 
 STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
 SMALL = [
     "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "512",  # 2 validation batches
     "--model.val_num_samples", "64", "--model.num_inference_steps", "10", "--trainer.check_val_every_n_epoch", "1",
+    "--trainer.log_every_n_steps", "1",  # the ranks agree on a stop at logging steps: here after every batch
 ]
 
 
@@ -55,20 +55,27 @@ def assert_same_training_state(a, b):
         assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
-def test_sigterm_during_validation_stops_at_the_epoch_end_and_resumes_exactly(run_cli, tmp_path, config, monkeypatch):
+def test_two_epochs_stopped_by_sigterm_plus_two_equal_four_straight(run_cli, tmp_path, config, monkeypatch, caplog):
+    """Resume is exact: a run whose SIGTERM comes during the second epoch's validation stops at that epoch's end with
+    interrupted.ckpt; `--ckpt_path last` finds it and 2 more epochs give the weights, EMA, optimizer and LR-scheduler
+    state of 4 straight epochs, bit for bit on one machine."""
     monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(epoch=1), raising=False)
-    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "straight")
-    with pytest.raises(SIGTERMException):
-        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "resumed",
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "straight")
+    with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
+        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "resumed",
                 "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
-    interrupted = load(tmp_path / "outputs/resumed/version_0/checkpoints/interrupted.ckpt")
+    checkpoints = tmp_path / "outputs/resumed/version_0/checkpoints"
+    interrupted = load(checkpoints / "interrupted.ckpt")
     assert interrupted["global_step"] == 2 * STEPS_PER_EPOCH  # the validation ran to its end, then the run stopped
+    assert interrupted["global_step"] >= load(checkpoints / "last.ckpt")["global_step"]
+    assert "SIGTERM: saved" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Lightning put back the handler of before the run
-    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3", "--experiment", "resumed",
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "resumed",
             "--ckpt_path", "last")  # finds interrupted.ckpt
+    assert f"Restoring states from the checkpoint path at {checkpoints / 'interrupted.ckpt'}" in caplog.text
     straight = load(tmp_path / "outputs/straight/version_0/checkpoints/last.ckpt")
-    resumed = load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt")
-    assert straight["global_step"] == 3 * STEPS_PER_EPOCH
+    resumed = load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt")  # the continuation is a new run folder
+    assert straight["global_step"] == 4 * STEPS_PER_EPOCH
     assert_same_training_state(straight, resumed)
 
 
@@ -84,7 +91,7 @@ def test_stop_inside_validation_keeps_training_and_ema_weights_in_place(run_cli,
     monkeypatch.setattr(callbacks, "SigtermBeforeStep6", SigtermBeforeStep6, raising=False)
     mid_epoch = [*SMALL, "--trainer.val_check_interval", "0.5"]  # validation after batches 2 and 4 of each epoch
     run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_steps", "6", "--experiment", "reference")
-    with pytest.raises(SIGTERMException):
+    with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
         run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_epochs", "3", "--experiment", "stopped",
                 "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermBeforeStep6")
     reference = load(tmp_path / "outputs/reference/version_0/checkpoints/last.ckpt")
@@ -98,11 +105,13 @@ def test_stop_inside_validation_keeps_training_and_ema_weights_in_place(run_cli,
 
 def test_sigterm_outside_fit_saves_nothing(run_cli, tmp_path, config, monkeypatch):
     """A checkpoint of `validate` has no optimizer or EMA state and step 0: `--ckpt_path last` must never find one."""
+    run_cli("fit", "--config", config, *SMALL, "--trainer.max_steps", "1", "--experiment", "trained")
+    trained = sorted((tmp_path / "outputs").rglob("*.ckpt"))
     monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(), raising=False)
-    with pytest.raises(SIGTERMException):
-        run_cli("validate", "--config", config, *SMALL,
+    with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
+        run_cli("validate", "--config", config, *SMALL, "--ckpt_path", str(trained[0]),
                 "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
-    assert not list((tmp_path / "outputs").rglob("*.ckpt"))
+    assert sorted((tmp_path / "outputs").rglob("*.ckpt")) == trained
 
 
 def test_sigusr1_outside_slurm_stops_with_a_checkpoint(run_cli, tmp_path, config, monkeypatch, caplog):
@@ -114,7 +123,7 @@ def test_sigusr1_outside_slurm_stops_with_a_checkpoint(run_cli, tmp_path, config
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     monkeypatch.setattr(callbacks, "Sigusr1AtStep2", Sigusr1AtStep2, raising=False)
-    with pytest.raises(SIGTERMException):
+    with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
         run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3",
                 "--trainer.callbacks+=lightning_diffusion.callbacks.Sigusr1AtStep2")
     assert load(tmp_path / "outputs/moons/version_0/checkpoints/interrupted.ckpt")["global_step"] == 3
@@ -152,7 +161,7 @@ def test_ddp_sigterm_on_one_rank_stops_both_with_a_checkpoint(tmp_path, config):
             ranks += [int(pid) for pid in children.read().split()]  # rank 1, started by Lightning's launcher
         assert len(ranks) == 2
         os.kill(ranks[1], signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert process.wait(timeout=60) == 143, log.read_text()[-3000:]  # 128 + SIGTERM, after the checkpoint
         deadline = time.monotonic() + 30
         while _running(ranks[1]):
             assert time.monotonic() < deadline, "rank 1 outlived rank 0"

@@ -12,11 +12,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_diffusion.callbacks.common import run_dir
+from lightning_diffusion.callbacks.ema import EMA
+from lightning_diffusion.lightning_private import is_last_batch, is_logging_step, stop_all_ranks
+from lightning_diffusion.runs import run_dir
 
 
 def rng_states() -> dict[str, Any]:
@@ -27,11 +28,24 @@ def rng_states() -> dict[str, Any]:
         "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
-    # The current device only: under DDP rank k draws on device k and every rank loads rank 0's checkpoint; all
-    # ranks are seeded and draw alike, so rank 0's device state is what each rank's own device held.
+    # the current device only: under DDP rank k draws on device k, and each rank restores its own state
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state()
     return states
+
+
+def _portable(states: dict[str, Any]) -> dict[str, Any]:
+    """The states as plain Python values (bytes for tensors), which torch.distributed's object collectives carry."""
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    plain = {k: bytes(v.numpy()) for k, v in states.items() if isinstance(v, torch.Tensor)}
+    return {**plain, "python": states["python"], "numpy": (kind, keys.tolist(), pos, has_gauss, cached)}
+
+
+def _from_portable(plain: dict[str, Any]) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    states = {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in plain.items() if isinstance(v, bytes)}
+    numpy_keys = torch.from_numpy(np.asarray(keys, dtype=np.uint32))
+    return {**states, "python": plain["python"], "numpy": (kind, numpy_keys, pos, has_gauss, cached)}
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
@@ -44,19 +58,41 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ExactResume(Callback):
-    """Saves the global RNG states in every checkpoint and restores them when training resumes from it.
+    """Saves every rank's global RNG states in every checkpoint and restores each rank's own on resume.
 
     Lightning restores the weights, optimizer, LR scheduler, EMA and loop counters, but not the random streams,
     so a resumed run would draw another data order and other noise than an uninterrupted one. With this callback,
-    2 + 2 epochs give the weights of 4 straight epochs (on the same machine). Nothing between the restore and the
-    first training batch draws from the global generators: the evaluation loaders have their own (data.base).
+    2 + 2 epochs give the weights of 4 straight epochs (on the same machine and number of devices). Under DDP each
+    rank draws its own stream (DiffusionModule.setup), so the checkpoint holds one state per rank (gathered when it
+    is written: every rank takes part in a save). Nothing between the restore and the first training batch draws
+    from the global generators: the evaluation loaders have their own (data.base).
     """
 
+    def __init__(self) -> None:
+        self._trainer: Optional[L.Trainer] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        states = rng_states()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return {"rng": states, "rng_per_rank": [states]}
+        gathered: list = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, _portable(states))  # its unpickler takes no tensors
+        per_rank = [_from_portable(s) for s in gathered]
+        return {"rng": per_rank[0], "rng_per_rank": per_rank}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        set_rng_states(state_dict["rng"])
+        per_rank = state_dict.get("rng_per_rank") or [state_dict["rng"]]  # checkpoints before per-rank streams
+        trainer = self._trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if len(per_rank) == world_size:
+            set_rng_states(per_rank[rank])
+        elif rank == 0:
+            rank_zero_warn(f"The checkpoint holds the random streams of {len(per_rank)} ranks, this run has "
+                           f"{world_size}: the weights resume exactly, the noise and data order do not.")
 
 
 class CheckpointOnSignal(Callback):
@@ -65,10 +101,10 @@ class CheckpointOnSignal(Callback):
     Lightning's own SIGTERM handling is replaced while training runs: under DDP it stops each rank on its own
     signal and broadcasts from inside the signal handler, so a signal that reaches the ranks at different moments
     (or only one of them) crashes or deadlocks the job (Lightning issue #20806). Here the handler only takes note;
-    after every training batch the ranks agree (one all-reduce) on whether any of them got the signal, and then all
-    stop together through Lightning's own stopping points and save the checkpoint together: after that batch, or,
-    on an epoch's last batch or during its validation, once the epoch is complete (a checkpoint that resumes
-    exactly). A stop inside validation (``val_check_interval < 1``) keeps the training and EMA weights in their
+    at every logging step (``log_every_n_steps``) and at the end of each epoch the ranks agree (one all-reduce, the
+    only cost of this callback) on whether any of them got the signal, and then all stop together through
+    Lightning's own stopping points and save the checkpoint together: after that batch, or, on an epoch's last
+    batch or during its validation, once the epoch is complete (a checkpoint that resumes exactly). A stop inside validation (``val_check_interval < 1``) keeps the training and EMA weights in their
     places. Nothing is saved outside ``fit``. SIGUSR1 (SLURM's ``--signal``) is treated like SIGTERM unless
     Lightning's SLURM auto-requeue handles it (it then saves ``hpc_ckpt_N.ckpt`` and requeues the job itself).
     Resume with ``fit --ckpt_path last``.
@@ -81,6 +117,7 @@ class CheckpointOnSignal(Callback):
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
         self.signals = tuple(signals)
         self.received: Optional[int] = None  # the signal this process got, until the ranks agree to stop
+        self.stopped_by: Optional[str] = None  # the signal whose checkpoint was saved: the CLI exits 128 + it
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # No collective and no logging here: a handler runs between any two bytecodes, also inside logging.
@@ -116,12 +153,13 @@ class CheckpointOnSignal(Callback):
 
     def _stop(self, trainer: L.Trainer) -> None:
         # Lightning's flag, now set on every rank alike: its loops raise SIGTERMException at their next check
-        trainer._signal_connector.received_sigterm = True
+        stop_all_ranks(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         # Stop after this batch, but never inside the epoch's validation (a resume from there draws one more
         # seed and is not exact): on the last batch the validation runs and the stop comes at the epoch's end.
-        if self._agree(trainer) and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        last = is_last_batch(trainer)
+        if is_logging_step(trainer) and not last and self._agree(trainer):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -135,20 +173,11 @@ class CheckpointOnSignal(Callback):
             # Weight averaging swaps the EMA into the module for validation and back at its end, which now never
             # comes: swap back, so that the checkpoint holds the training weights as training weights.
             for callback in trainer.callbacks:
-                if isinstance(callback, WeightAveraging) and callback._average_model is not None:
-                    callback._swap_models(pl_module)
+                if isinstance(callback, EMA) and callback.swapped:
+                    callback.swap(pl_module)
         directory = getattr(trainer.checkpoint_callback, "dirpath", None) or run_dir(trainer) / "checkpoints"
         path = Path(directory) / "interrupted.ckpt"
         trainer.save_checkpoint(path)  # a collective: every rank is here, after the same batch
         name = signal.Signals(self.received).name if self.received is not None else "SIGTERM"
+        self.stopped_by = name
         rank_zero_info(f"{name}: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
-
-
-def newest_checkpoint(output_dir: str, experiment: str) -> Optional[Path]:
-    """The most recently written resumable checkpoint of the experiment (or None): any run's last.ckpt or
-    interrupted.ckpt, or the hpc_ckpt_N.ckpt that Lightning's SLURM requeue saves in <output_dir>/<experiment>."""
-    root = Path(output_dir) / experiment
-    candidates = [*root.glob("version_*/checkpoints/last.ckpt"), *root.glob("version_*/checkpoints/interrupted.ckpt")]
-    candidates += root.glob("hpc_ckpt_*.ckpt")
-    existing = [path for path in candidates if path.exists()]  # a last.ckpt link whose target is gone: skipped
-    return max(existing, key=lambda path: path.stat().st_mtime, default=None)
