@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
 import lightning as L
-import yaml
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_diffusion.callbacks.checkpointing import newest_checkpoint
+from lightning_diffusion.callbacks import CheckpointOnSignal, ExactResume, LossProgressBar, MetricsWriter, SampleWriter
+from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.module import DiffusionModule
+from lightning_diffusion.runs import experiment_name, run_dir
 
-# Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
-SAMPLING_OPTIONS = (
-    "sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed",
-    "val_num_samples", "sample_metrics", "sample_batch_size",
-)
 DEFAULT_MODEL = "lightning_diffusion.DiffusionModule"
 
 
@@ -33,21 +32,29 @@ class DiffusionCLI(LightningCLI):
 
     The model is a DiffusionModule unless the config names another LightningModule with `model: class_path:`
     (e.g. the ImageClassifier of configs/mnist_classifier.yaml); the data's shape and classes are linked into it.
+    Errors are raised, never printed here: `main` says each expected one in one line (errors.one_line_errors), and
+    a failed run leaves no version folder that holds nothing but its config.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
-        self._diffusion = issubclass(_model_class(args), DiffusionModule)
-        super().__init__(
-            L.LightningModule,
-            DiffusionDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,  # the optimizer is an argument of DiffusionModule
-            save_config_callback=SaveConfig,
-            args=args,
-            run=run,
-            **kwargs,
-        )
+        self._run_folder: Optional[Path] = None  # set once the run's version folder is named (_announce)
+        # parse errors are raised rather than printed with the usage, so errors.one_line_errors says them in one line
+        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
+        try:
+            super().__init__(
+                L.LightningModule,
+                DiffusionDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,  # the optimizer is an argument of the model
+                save_config_callback=SaveConfig,
+                args=args,
+                run=run,
+                **kwargs,
+            )
+        except BaseException:
+            self._remove_unused_run_folder()
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -68,42 +75,59 @@ class DiffusionCLI(LightningCLI):
             default="outputs",
             help="Root folder of all run artifacts; the CSV/TensorBoard loggers write to <output_dir>/<experiment>.",
         )
+        parser.add_argument(
+            "--default_callbacks",
+            type=bool,
+            default=True,
+            help="Add the callbacks every run has (ExactResume, CheckpointOnSignal, MetricsWriter, SampleWriter for "
+            "diffusion models, a ModelCheckpoint of the latest epoch with last.ckpt) unless trainer.callbacks "
+            "already has one of that kind; false adds none.",
+        )
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
-        # What the model must agree with comes from the data, never typed twice.
+        # What the model must agree with comes from the data, never typed twice; the model passes the shape and
+        # classes on to the denoiser it builds.
         for name in ("sample_shape", "num_classes", "class_names", "data_mean", "data_std"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
-        if self._diffusion:  # and into the denoiser, which is built before the model
-            for name in ("sample_shape", "num_classes"):
-                parser.link_arguments(f"data.{name}", f"model.init_args.denoiser.init_args.{name}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning lays a checkpoint's hyperparameters over the command line; keep the sampling options given here.
+        """Lightning lays a checkpoint's hyperparameters over the command line (this replaces its private method,
+        fenced in lightning_private.py); here the call options given on the command line are kept, `last` finds the
+        experiment's newest readable checkpoint, and a checkpoint of another model class or of other data is one
+        sentence; validate, test and predict without a checkpoint are refused (untrained weights measure nothing)."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         config = self.config[subcommand]
-        if config.get("ckpt_path") == "last":  # runs live in new version folders: find the newest checkpoint
-            _set_experiment(config)
-            newest = newest_checkpoint(config.output_dir, config.experiment)
-            if newest is None:
-                sys.stderr.write(
-                    f"error: --ckpt_path last found no last.ckpt or interrupted.ckpt under "
-                    f"{Path(config.output_dir) / config.experiment}/version_*/checkpoints: give a checkpoint path.\n"
+        if not config.get("ckpt_path"):
+            if subcommand in ("validate", "test", "predict"):
+                raise ValueError(
+                    f"{subcommand} needs a trained model, and untrained weights would {_UNTRAINED[subcommand]}: give "
+                    "--ckpt_path with a checkpoint of a run (or --ckpt_path last for the experiment's newest)."
                 )
-                raise SystemExit(2)
-            config.ckpt_path = str(newest)
-        model = self.config[subcommand].model.init_args
-        given = {name: model[name] for name in SAMPLING_OPTIONS if name in model}
-        super()._parse_ckpt_path()
+            return
+        config.experiment = experiment_name(config.experiment, config.get("config") or [])
+        if config.ckpt_path == "last":  # runs live in new version folders: find the newest checkpoint
+            config.ckpt_path = str(last_checkpoint(config.output_dir, config.experiment))
+        model_class = _import(config.model.class_path)
+        sample_shape, num_classes = _data_contract(config)
+        hparams = check_checkpoint(config.ckpt_path, model_class.__name__, sample_shape, num_classes,
+                                   weights_only=config.get("weights_only") is not False)
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        given = {name: config.model.init_args[name] for name in getattr(model_class, "call_options", ())
+                 if name in config.model.init_args}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         for name, value in given.items():
             self.config[subcommand].model.init_args[name] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         torch.set_float32_matmul_precision(config.float32_matmul_precision)
-        _set_experiment(config)
+        config.experiment = experiment_name(config.experiment, config.get("config") or [])
         root = Path(config.output_dir) / config.experiment
         config.trainer.default_root_dir = str(root)
+        self._new_root = None if root.exists() else root  # removed again if a failed run leaves it empty
         if config.trainer.logger is False:
             return
         # A CSVLogger comes first: it owns the run folder <output_dir>/<experiment>/version_N (checkpoints,
@@ -120,33 +144,61 @@ class DiffusionCLI(LightningCLI):
                 logger.init_args.tags = sorted({*(logger.init_args.get("tags") or []), config.experiment})
         config.trainer.logger = [csv, *loggers]
 
-    def instantiate_classes(self) -> None:
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer, with the callbacks every run has added unless the config has its own of that kind."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        accelerator = config.trainer.get("accelerator")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.accelerator is {accelerator}, but torch sees no CUDA GPU on this machine: use "
+                "--trainer.accelerator cpu (or auto, which takes a GPU where there is one)."
+            )
+        callbacks = [*(config.trainer.get("callbacks") or []), _AfterDataSetup(self._name_wandb_runs)]
+        if config.default_callbacks:
+            defaults = self._default_callbacks(config.trainer.get("enable_progress_bar") is not False)
+            callbacks += [callback for callback in defaults if not _has_kind(callbacks, callback)]
         try:
-            super().instantiate_classes()
-        except ValueError as error:  # a configuration the constructors reject: one sentence, no traceback
-            sys.stderr.write(f"error: {error}\n")
-            raise SystemExit(2) from error
+            return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        except (TypeError, ImportError) as error:  # Lightning's answer to a wrong option or a missing backend
+            raise ValueError(f"The Trainer refused its options: {' '.join(str(error).split())}") from error
+
+    def _default_callbacks(self, progress_bar: bool) -> list[L.Callback]:
+        latest = ModelCheckpoint(save_last="link", save_on_train_epoch_end=True)  # every epoch; last.ckpt links to it
+        callbacks = [ExactResume(), CheckpointOnSignal(), MetricsWriter(), latest]
+        callbacks += [LossProgressBar()] if progress_bar else []  # the loss without a host sync per step
+        return [*callbacks, SampleWriter()] if isinstance(self.model, DiffusionModule) else callbacks
 
     def _announce(self) -> None:
         config = self.config[self.subcommand]
         trainer = self.trainer
         run = trainer.logger.log_dir if trainer.logger is not None and hasattr(trainer.logger, "log_dir") else None
+        self._run_folder = run_dir(trainer) if trainer.loggers else None
         rank_zero_info(
             f"lightning-diffusion {self.subcommand}: experiment {config.experiment!r}, seed {config.seed_everything}, "
             f"device {trainer.strategy.root_device} x{trainer.world_size}, precision {trainer.precision}, "
             f"run folder {run or trainer.default_root_dir}"
         )
 
+    def _remove_unused_run_folder(self) -> None:
+        """After a failed run: its version folder goes if it holds nothing but the config (config.yaml,
+        hparams.yaml, empty files or folders), so no empty run lies among the real ones; anything else stays."""
+        folder, trainer = self._run_folder, getattr(self, "trainer", None)
+        if folder is None or trainer is None or not trainer.is_global_zero or not folder.is_dir():
+            return
+        kept = [p for p in folder.rglob("*") if (p.is_file() or p.is_symlink()) and not _disposable(p)]
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
+        root = getattr(self, "_new_root", None)
+        if root is not None and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+
     def _prepare_sample_metrics(self) -> None:
         """Feature extractors are fetched and loaded now, so a missing file is one sentence before any work."""
         if not isinstance(self.model, DiffusionModule):
             return
-        try:  # the module's own hooks, called early; inside the run Lightning calls them again and they find all loaded
-            self.model.prepare_data()
-            self.model.load_sample_metrics(torch.device("cpu"))
-        except ValueError as error:
-            sys.stderr.write(f"error: {error}\n")
-            raise SystemExit(2) from error
+        # the module's own hooks, called early; inside the run Lightning calls them again and they find all loaded
+        self.model.prepare_data()
+        self.model.load_sample_metrics(torch.device("cpu"))
 
     def _before_evaluation(self) -> None:
         self._prepare_sample_metrics()
@@ -166,7 +218,6 @@ class DiffusionCLI(LightningCLI):
         self._prepare_sample_metrics()
         self._announce()
         trainer, data = self.trainer, self.datamodule
-        self._name_wandb_runs()
         per_device = getattr(data, "batch_size", None)
         if per_device is not None:
             effective = per_device * trainer.world_size * trainer.accumulate_grad_batches
@@ -178,36 +229,80 @@ class DiffusionCLI(LightningCLI):
             )
 
 
-def _set_experiment(config: Namespace) -> None:
-    """The experiment is named by the config (`experiment:`), or else by the last config file's name."""
-    if config.experiment is None:
-        config_files = config.get("config") or []
-        config.experiment = Path(str(config_files[-1])).stem if config_files else "default"
+def _has_kind(callbacks: list[L.Callback], default: L.Callback) -> bool:
+    """Whether the config's callbacks already do the default's job (for checkpoints: one that keeps last.ckpt)."""
+    if isinstance(default, Checkpoint):
+        return any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks)
+    if isinstance(default, ProgressBar):
+        return any(isinstance(c, ProgressBar) for c in callbacks)
+    return any(isinstance(c, type(default)) for c in callbacks)
 
 
-def _model_class(args: Optional[list[str]]) -> type:
-    """The model class the command line selects: the last `model: class_path:` of its config files or
-    `--model.class_path` options, else DiffusionModule. Known before parsing, because the links depend on it."""
-    args = sys.argv[1:] if args is None else list(args)
-    class_path = DEFAULT_MODEL
-    for i, arg in enumerate(args):
-        key, _, value = arg.partition("=")
-        value = value or (args[i + 1] if i + 1 < len(args) else "")
-        if key == "--config" and Path(value).is_file():
-            model = (yaml.safe_load(Path(value).read_text()) or {}).get("model")
-            class_path = model.get("class_path", class_path) if isinstance(model, dict) else class_path
-        elif key in ("--model.class_path", "--model") and not value.endswith((".yaml", ".yml")):
-            class_path = value
-    if "." not in class_path:  # a bare class name, as LightningCLI accepts
-        class_path = {"DiffusionModule": DEFAULT_MODEL, "ImageClassifier": "lightning_diffusion.ImageClassifier"}.get(
-            class_path, class_path
-        )
+def _import(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _disposable(path: Path) -> bool:
+    """What a run writes before any work: its config (config.yaml, Lightning's hparams.yaml) and empty files."""
+    return path.name in ("config.yaml", "hparams.yaml") or (path.is_file() and path.stat().st_size == 0)
+
+
+_UNTRAINED = {"validate": "measure nothing", "test": "measure nothing", "predict": "sample noise"}
+
+
+def _data_contract(config: Namespace) -> tuple[Optional[tuple[int, ...]], Optional[int]]:
+    """The sample shape and classes of the config's data, from its constructor alone (no data is read), so that a
+    checkpoint trained on other data is one sentence before the model is built from it."""
+    data = config.get("data")
+    if not isinstance(data, Namespace) or not data.get("class_path"):
+        return None, None
+    init_args = data.get("init_args")
+    module = _import(data.class_path)(**(init_args.as_dict() if isinstance(init_args, Namespace) else {}))
+    return tuple(module.sample_shape), module.num_classes
+
+
+class _AfterDataSetup(L.Callback):
+    """The CLI's own steps once the data is set up, before the sanity check or the first batch (added to every run):
+    a run whose data gives no batch is refused (Lightning would warn and succeed); then, in a fit, `then` names the
+    W&B runs, which starts them, so that a data error leaves no W&B run behind."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        self.then = then
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        _refuse_empty_data(trainer, stage)
+        if stage == "fit":
+            self.then()
+
+
+# per stage: the loader it runs on, the Trainer's limit of its batches, what gives more batches
+_STAGE_DATA = {
+    "fit": ("train_dataloader", "limit_train_batches", "lower data.init_args.batch_size or use more training samples"),
+    "validate": ("val_dataloader", "limit_val_batches", "hold out validation samples (the data's num_val_samples)"),
+    "test": ("test_dataloader", "limit_test_batches", "give the data test samples"),
+    "predict": ("predict_dataloader", "limit_predict_batches", "set data.init_args.predict_num_samples to at least 1"),
+}
+
+
+def _refuse_empty_data(trainer: L.Trainer, stage: str) -> None:
+    """One sentence for a run whose data gives no batch (e.g. fewer training samples than a batch, which is dropped)."""
+    data, stage = trainer.datamodule, str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
+    if data is None or stage not in _STAGE_DATA or getattr(trainer, _STAGE_DATA[stage][1]) == 0:
+        return
+    loader_name, _, remedy = _STAGE_DATA[stage]
+    loader = getattr(data, loader_name)()
     try:
-        cls = getattr(importlib.import_module(module), name)
-        return cls if isinstance(cls, type) else L.LightningModule
-    except (ImportError, AttributeError, ValueError):
-        return L.LightningModule  # not importable: let the parser report it
+        if len(loader) > 0:
+            return
+        samples = len(loader.dataset)
+    except TypeError:  # an iterable without a length, or several loaders: nothing to say before it runs
+        return
+    dropped = ", with incomplete batches dropped" if stage == "fit" else ""
+    raise ValueError(
+        f"The {'training' if stage == 'fit' else stage} data gives no batch: {samples} samples and batch_size "
+        f"{getattr(data, 'batch_size', None)}{dropped}: {remedy}."
+    )
 
 
 def _name(logger: Namespace) -> str:
@@ -215,5 +310,7 @@ def _name(logger: Namespace) -> str:
 
 
 def main(args: Optional[list[str]] = None) -> DiffusionCLI:
-    """Entry point; `args` lets tests drive the real CLI in-process."""
-    return DiffusionCLI(args=args)
+    """Entry point; `args` lets tests drive the real CLI in-process. An expected error ends as one line
+    `error: ...` and a non-zero exit (errors.one_line_errors); LIGHTNING_DIFFUSION_DEBUG=1 shows its traceback."""
+    with one_line_errors(sys.argv[1:] if args is None else args):
+        return DiffusionCLI(args=args)

@@ -11,50 +11,68 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from diffusers import DDPMPipeline, DDPMScheduler
 
+from lightning_diffusion.checkpoints import check_checkpoint
+from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.module import DiffusionModule
 
 
 def export(checkpoint: Path, folder: Path) -> Path:
-    """Write the checkpoint's UNet and schedule (EMA weights, as saved) to `folder`, which must not exist yet."""
+    """Write the checkpoint's UNet and schedule (EMA weights, as saved) to `folder`, which must not exist yet (or be
+    empty). It is written beside it first and moved into place when complete, so a failed export leaves nothing."""
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} already exists and is not empty: export to a new folder.")
+    hparams = check_checkpoint(checkpoint, "DiffusionModule", needed_by="export needs")
+    denoiser = hparams.get("denoiser")
+    class_path = denoiser.get("class_path", "") if isinstance(denoiser, dict) else ""
+    if class_path and not class_path.endswith("UNetDenoiser"):
+        raise ValueError(
+            f"{checkpoint} has the denoiser {class_path.rsplit('.', 1)[-1]}: only image UNets (UNetDenoiser) export "
+            "to diffusers."
+        )
     model = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
     unet = getattr(model.denoiser, "unet", None)
     if unet is None:
         raise ValueError(f"The denoiser {type(model.denoiser).__name__} is not a UNetDenoiser: only image UNets export to diffusers.")
     scheduler = DDPMScheduler.from_config(model.scheduler.config, prediction_type=model.prediction_type)
-    if model.num_classes is None:
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
-    else:
-        unet.save_pretrained(folder / "unet")
-        scheduler.save_pretrained(folder / "scheduler")
-    info = {
-        "num_classes": model.num_classes,
-        "null_label": model.num_classes,
-        "class_names": model.class_names,
-        "prediction_type": model.prediction_type,
-        "guidance_scale": model.hparams.guidance_scale,
-        "data_mean": model.data_mean.flatten().tolist(),
-        "data_std": model.data_std.flatten().tolist(),
-    }
-    (folder / "lightning_diffusion.json").write_text(json.dumps(info, indent=2))
+    partial = folder.with_name(f".{folder.name}.partial{os.getpid()}")
+    try:
+        if model.num_classes is None:
+            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(partial)
+        else:
+            unet.save_pretrained(partial / "unet")
+            scheduler.save_pretrained(partial / "scheduler")
+        info = {
+            "num_classes": model.num_classes,
+            "null_label": model.num_classes,
+            "class_names": model.class_names,
+            "prediction_type": model.prediction_type,
+            "guidance_scale": model.hparams.guidance_scale,
+            "data_mean": model.data_mean.flatten().tolist(),
+            "data_std": model.data_std.flatten().tolist(),
+        }
+        (partial / "lightning_diffusion.json").write_text(json.dumps(info, indent=2))
+        os.replace(partial, folder)  # onto nothing or an empty folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a DiffusionModule checkpoint with a UNetDenoiser")
     parser.add_argument("folder", type=Path, help="the new diffusers folder")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors(sys.argv[1:] if argv is None else argv):
         print(f"Exported to {export(args.checkpoint, args.folder)}")
-    except (FileExistsError, ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

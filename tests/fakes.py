@@ -110,3 +110,4 @@ class PointMassOracle(torch.nn.Module):
 
         alpha_bar = diffusion.alpha_bar_at(self.alphas_cumprod, t.round().long(), x_t)
         return (x_t - alpha_bar.sqrt() * self.target) / (1 - alpha_bar).sqrt()
+
