@@ -1,17 +1,28 @@
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-import pytest
-import yaml
+# One intra-op thread, here and in the CLI processes the tests start (they inherit it). On a 2-core machine shared
+# with other work, two OpenMP threads wait for each other at every small op: a fit of the moons MLP took 50 s with
+# two threads and 3 s with one; test_images, test_evaluation and test_unet 501 s against 70 s (notes/benchmarks.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from fakes import make_dataset, write_cifar10, write_idx, write_parquet
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from fakes import make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if something imported torch before this file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import their shared report module
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt in tests
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # every deprecated call of ours, not only the first
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +61,8 @@ def fake_celeb_dir(tmp_path_factory):
 def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) -> list[str]:
     """What a GPU-sized config needs to run in seconds on this CPU: the test data, fp32, tiny batches, 2 steps."""
     parsed = yaml.safe_load(config.read_text())
-    if parsed["data"]["class_path"].endswith("Toy2DDataModule"):
-        return []
+    if parsed["data"]["class_path"].endswith("Toy2DDataModule"):  # the config's own sampler, 10 steps, 64 samples
+        return ["--model.num_inference_steps", "10", "--model.val_num_samples", "64"]
     classifier = parsed["model"].get("class_path", "").endswith("ImageClassifier")
     if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
         data = ["--data.init_args.dataset", str(celeb_dir), "--data.init_args.root", str(data_root),
@@ -71,3 +82,50 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
         "--model.denoiser.init_args.block_out_channels", str([32] * levels),
         "--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2",
     ]
+
+
+# configs/moons.yaml trained long enough to pass tests/quality.py: its v-prediction, EMA and cosine schedule, 24 of its
+# 60 epochs (1872 steps), one validation at the end with 1000 samples of its DDPM sampler in 100 steps.
+MOONS_EPOCHS = 24
+TRAINED_MOONS = [
+    "--config", str(REPO / "configs/moons.yaml"), "--trainer.max_epochs", str(MOONS_EPOCHS),
+    "--trainer.check_val_every_n_epoch", str(MOONS_EPOCHS), "--model.lr_scheduler.init_args.T_max", str(MOONS_EPOCHS),
+    "--trainer.log_every_n_steps", "1", "--data.init_args.num_val_samples", "2000", "--model.val_num_samples", "1000",
+    "--model.num_inference_steps", "100",
+]
+
+
+@dataclass
+class TrainedMoons:
+    run: Path  # the run folder: config.yaml, metrics.csv, checkpoints/last.ckpt, plots/
+    half_trained: Optional[Path] = None  # the same run's checkpoint after 12 of its 24 epochs
+
+    @property
+    def last(self) -> Path:
+        return self.run / "checkpoints" / "last.ckpt"
+
+    def splits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The run's training and held-out points (model space, in order), rebuilt from its config.yaml."""
+        from lightning_diffusion.data import Toy2DDataModule
+
+        data = Toy2DDataModule(**yaml.safe_load((self.run / "config.yaml").read_text())["data"]["init_args"])
+        return data._splits["train"][0], data._splits["val"][0]
+
+
+@pytest.fixture(scope="session")
+def trained_moons(tmp_path_factory) -> TrainedMoons:
+    """The one moons training of the session (about 25 s), shared by every test that needs a trained moons model."""
+    from lightning_diffusion.cli import main
+
+    root = tmp_path_factory.mktemp("trained_moons")
+    half = MOONS_EPOCHS // 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["lightning_diffusion"])
+        main([
+            "fit", *TRAINED_MOONS, "--output_dir", str(root / "outputs"), "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",  # the half-trained checkpoint
+            "--trainer.callbacks.dirpath", str(root / "half"), "--trainer.callbacks.filename", "half-{epoch}",
+            "--trainer.callbacks.every_n_epochs", str(half), "--trainer.callbacks.save_top_k", "-1",
+            "--trainer.callbacks.save_on_train_epoch_end", "true",
+        ])
+    return TrainedMoons(root / "outputs" / "moons" / "version_0", half_trained=root / "half" / f"half-epoch={half - 1}.ckpt")

@@ -65,9 +65,9 @@ def random_inception_weights(tmp_path_factory):
 
 def test_inception_metrics_from_a_local_weights_file(random_inception_weights):
     torch.manual_seed(4)
-    real = torch.rand(12, 1, 28, 28)  # grayscale: repeated to RGB
-    floor = torch.rand(12, 1, 28, 28)
-    metric = InceptionMetrics(weights_path=str(random_inception_weights), batch_size=8, kid_subset_size=6)
+    real = torch.rand(8, 1, 28, 28)  # grayscale: repeated to RGB; 8 images, each about 0.2 s of Inception on one thread
+    floor = torch.rand(8, 1, 28, 28)
+    metric = InceptionMetrics(weights_path=str(random_inception_weights), batch_size=5, kid_subset_size=4)
     same = metric.evaluate(real, real, floor)
     assert set(same) == {"fid", "fid_floor", "kid"}
     different = metric.evaluate(torch.zeros_like(real) + 0.5, real, floor)
@@ -142,6 +142,33 @@ def test_classifier_checkpoint_forms(classifier_run, tmp_path):
     for missing in (tmp_path / "nothing.ckpt", tmp_path):
         with pytest.raises(ValueError, match="^No classifier checkpoint at .* run folder or experiment folder"):
             ClassifierMetrics(checkpoint=str(missing))._checkpoint_file()
+
+
+def test_classifier_of_other_data_is_one_sentence(classifier_run, fake_mnist_root, tmp_path, run_cli, capsys):
+    """The judge trained on 32x32 digits of 10 classes refuses samples of another shape or class count: as
+    ClassifierMetrics.check, and through the CLI before any training."""
+    _, experiment = classifier_run
+    metric = ClassifierMetrics(checkpoint=str(experiment))
+    metric.setup(torch.device("cpu"))
+    metric.check((1, 32, 32), 10)
+    metric.check((1, 32, 32), None)  # an unconditional model of the same images: no class to compare
+    with pytest.raises(ValueError, match=r"trained on samples of shape \(1, 32, 32\) with 10 classes, but the model "
+                                         r"makes \(1, 28, 28\) with 10: train a classifier on the same data"):
+        metric.check((1, 28, 28), 10)
+    with pytest.raises(ValueError, match=r"with 10 classes, but the model makes \(1, 32, 32\) with 2"):
+        metric.check((1, 32, 32), 2)
+    fragment = yaml.safe_load((REPO / "configs/metrics/mnist_classifier.yaml").read_text())
+    fragment["model"]["sample_metrics"][0]["init_args"]["checkpoint"] = str(experiment)
+    metrics_config = tmp_path / "metrics.yaml"
+    metrics_config.write_text(yaml.safe_dump(fragment))
+    with pytest.raises(SystemExit) as exit_info:  # unpadded 28x28 digits
+        run_cli("fit", "--config", str(MNIST_COND), "--config", str(metrics_config),
+                *cpu_overrides(MNIST_COND, fake_mnist_root), "--data.init_args.pad_to_32", "false",
+                "--model.val_num_samples", "8")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "but the model makes (1, 28, 28) with 10" in err and "Traceback" not in err
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 
 def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_root, tmp_path, run_cli):

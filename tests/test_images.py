@@ -97,17 +97,39 @@ def test_export_conditional_unet_reloads_in_diffusers(trained_cond, tmp_path):
         export(trained_cond / "checkpoints/last.ckpt", folder)
 
 
-def test_unconditional_export_is_a_ddpm_pipeline(tmp_path, fake_mnist_root):
+def test_unconditional_export_is_a_ddpm_pipeline_that_samples_as_the_model(tmp_path, fake_mnist_root, capsys):
     from diffusers import DDPMPipeline
 
-    from lightning_diffusion.export import export
+    from lightning_diffusion.export import main as export_main
 
     fit(MNIST, tmp_path, fake_mnist_root, "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
         "--trainer.limit_val_batches", "1")
     (ckpt,) = (tmp_path / "mnist" / "version_0" / "checkpoints").glob("last.ckpt")
-    pipe = DDPMPipeline.from_pretrained(export(ckpt, tmp_path / "pipe"))
-    images = pipe(batch_size=2, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
-    assert images.shape == (2, 32, 32, 1) and 0 <= images.min() and images.max() <= 1
+    export_main([str(ckpt), str(tmp_path / "pipe")])  # the command's entry point
+    assert f"Exported to {tmp_path / 'pipe'}" in capsys.readouterr().out
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "pipe")
+    noise = torch.Generator().manual_seed(0)
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="pt", generator=noise).images
+    # the pipeline clamps to [0, 1], so its range proves nothing: it must sample what the model samples with DDPM from
+    # the same noise (the same weights, schedule, prediction type and data scaling; the model without its config's
+    # timestep_spacing for DDIM, which the exported training schedule does not carry)
+    model = DiffusionModule.load_from_checkpoint(ckpt, sampler_kwargs=None)
+    x = model.sample(2, sampler="DDPMScheduler", num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert images.shape == x.shape == (2, 1, 32, 32)
+    assert ((x > 0.01) & (x < 0.99)).float().mean() > 0.1  # enough values inside the clamp to compare
+    assert torch.allclose(images, x.clamp(0, 1), atol=1e-4)
+
+
+def test_export_command_refuses_a_2d_checkpoint_naming_its_denoiser(trained_moons, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_diffusion.export", str(trained_moons.last), str(tmp_path / "export")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "MLPDenoiser" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "export").exists() and not list(tmp_path.iterdir())
 
 
 def test_size_mismatch_names_both_values(run_cli, capsys, fake_mnist_root):

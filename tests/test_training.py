@@ -1,4 +1,6 @@
-"""A short real training through the CLI: the loss falls, checkpoints reload and sample, predict writes files."""
+"""The session's moons training through the CLI (tests/conftest.py: trained_moons): the run folder, the loss falls,
+the logged SWD and the reloaded checkpoint's samples are two moons, predict and validate use the command line's
+sampler."""
 
 import numpy as np
 import pandas as pd
@@ -7,81 +9,68 @@ import torch
 
 from conftest import REPO
 from lightning_diffusion import DiffusionModule
-
-SHORT = [
-    "--config", str(REPO / "configs/moons.yaml"),
-    "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "4", "--trainer.log_every_n_steps", "1",
-    "--data.init_args.num_samples", "4096", "--data.init_args.num_val_samples", "512",
-    "--model.val_num_samples", "256", "--model.num_inference_steps", "100",
-    # the eps loss falls far in a few steps; the v loss of 2D data has a high floor (about 0.92), eps about 0.2
-    "--model.prediction_type", "epsilon",
-]
+from lightning_diffusion.metrics import sliced_wasserstein
+from quality import moons_failures, swd_failure
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from lightning_diffusion.cli import main
-
-    out = tmp_path_factory.mktemp("run") / "outputs"
-    cli = main(["fit", *SHORT, "--output_dir", str(out), "--trainer.enable_progress_bar", "false"])
-    return cli, out / "moons" / "version_0"
-
-
-def test_run_folder_holds_config_checkpoints_plots_metrics(trained):
-    cli, run = trained
+def test_run_folder_holds_config_checkpoints_plots_metrics(trained_moons):
+    run = trained_moons.run
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert {p.name for p in (run / "plots").iterdir()} == {"samples_epoch=0003.png", "trajectory_epoch=0003.png"}
+    assert {p.name for p in (run / "plots").iterdir()} == {"samples_epoch=0023.png", "trajectory_epoch=0023.png"}
     assert "seed_everything: 0" in (run / "config.yaml").read_text()
 
 
-def test_training_lowers_the_loss(trained):
-    _, run = trained
-    loss = pd.read_csv(run / "metrics.csv")["train/loss"].dropna().to_numpy()
+def test_training_lowers_the_loss_and_beats_a_fitted_gaussian(trained_moons):
+    metrics = pd.read_csv(trained_moons.run / "metrics.csv")
+    loss = metrics["train/loss"].dropna().to_numpy()
     assert len(loss) >= 20
-    assert loss[-10:].mean() < 0.8 * loss[:10].mean()
-    metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics["val/swd"].dropna().iloc[-1] < 5 * metrics["val/swd_floor"].dropna().iloc[-1]
+    # v-prediction of 2D data falls from about 1.07 to a floor near 0.92 (eps-prediction falls further: test_scale's
+    # bf16 test checks that it loses 20%); predicting v = 0 on standardized data scores E[v^2] = 1
+    assert loss[-10:].mean() < 0.9 * loss[:10].mean() and loss[-10:].mean() < 0.95
+    # the logged val/swd against the held-out points it was measured on (the first 1000; the next 1000 are the
+    # floor's), beside what a Gaussian fitted to the training data scores there
+    train, val = trained_moons.splits()
+    held_out = val[:1000]
+    floor = sliced_wasserstein(val[1000:2000], held_out).item()
+    assert metrics["val/swd_floor"].dropna().iloc[-1] == pytest.approx(floor)
+    assert swd_failure(metrics["val/swd"].dropna().iloc[-1], held_out, train) is None
 
 
-def test_checkpoint_reloads_and_samples_in_data_space(trained):
-    _, run = trained
-    model = DiffusionModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    g = torch.Generator().manual_seed(0)
-    x = model.sample(500, sampler="DPMSolverMultistepScheduler", num_inference_steps=20, generator=g)
-    assert x.shape == (500, 2) and torch.isfinite(x).all()
-    # two moons live in about [-1, 2] x [-0.5, 1] (data space, not standardized)
-    assert -0.5 < x[:, 0].mean() < 1.5 and -0.3 < x[:, 1].mean() < 0.7
-    again = model.sample(500, sampler="DPMSolverMultistepScheduler", num_inference_steps=20, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(x, again)
+def test_checkpoint_reloads_and_samples_two_moons_in_data_space(trained_moons):
+    model = DiffusionModule.load_from_checkpoint(trained_moons.last)
+    sampler = dict(sampler="DPMSolverMultistepScheduler", num_inference_steps=20)
+    x = model.sample(2000, generator=torch.Generator().manual_seed(0), **sampler)
+    assert x.shape == (2000, 2) and moons_failures(x) == []  # in data space: the moons of sklearn's make_moons
+    assert torch.equal(x, model.sample(2000, generator=torch.Generator().manual_seed(0), **sampler))
 
 
-def test_predict_writes_samples_with_the_sampler_of_the_command_line(trained, tmp_path):
+def test_predict_writes_samples_with_the_sampler_of_the_command_line(trained_moons, tmp_path):
     from lightning_diffusion.cli import main
 
-    _, run = trained
+    run = trained_moons.run
     cli = main([
-        "predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(trained_moons.last),
         "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "25",
-        "--data.init_args.predict_num_samples", "300", "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--data.init_args.predict_num_samples", "1000", "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
     ])
     assert cli.model.hparams.sampler == "DDIMScheduler" and cli.model.hparams.num_inference_steps == 25
     files = list(tmp_path.rglob("samples.npz"))
     assert len(files) == 1
     samples = np.load(files[0])["samples"]
-    assert samples.shape == (300, 2) and np.isfinite(samples).all()
+    assert samples.shape == (1000, 2) and np.isfinite(samples).all()
+    assert moons_failures(torch.from_numpy(samples)) == []  # the model's samples, in data space
 
 
-def test_sampler_benchmark_small_mode(trained, tmp_path, capsys):
+def test_sampler_benchmark_small_mode(trained_moons, tmp_path, capsys):
     """benchmarks/samplers_2d.py runs on a real checkpoint, so the script cannot rot."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("samplers_2d", REPO / "benchmarks" / "samplers_2d.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    _, run = trained
     notes = tmp_path / "benchmarks.md"
-    report = bench.main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--num_samples", "200",
+    report = bench.main(["--ckpt", str(trained_moons.last), "--num_samples", "200",
                          "--samplers", "DDIMScheduler:5", "UniPCMultistepScheduler:5", "--notes", str(notes)])
     assert "| DDIMScheduler | 5 |" in report and "| UniPCMultistepScheduler | 5 |" in report
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
@@ -89,14 +78,14 @@ def test_sampler_benchmark_small_mode(trained, tmp_path, capsys):
     assert notes.read_text() == report
 
 
-def test_validate_on_a_checkpoint_writes_metrics_json(trained, tmp_path):
+def test_validate_on_a_checkpoint_writes_metrics_json(trained_moons, tmp_path):
     import json
 
     from lightning_diffusion.cli import main
 
-    _, run = trained
+    run = trained_moons.run
     main([
-        "validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(trained_moons.last),
         "--model.sampler", "DDPMScheduler", "--model.num_inference_steps", "100",
         "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
     ])
