@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_diffusion.callbacks import CheckpointOnSignal, ExactResume, LossProgressBar, MetricsWriter, SampleWriter
 from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
-from lightning_diffusion.errors import one_line_errors
+from lightning_diffusion.errors import import_class, one_line_errors
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.module import DiffusionModule
 from lightning_diffusion.runs import experiment_name, run_dir
@@ -108,7 +107,7 @@ class DiffusionCLI(LightningCLI):
         config.experiment = experiment_name(config.experiment, config.get("config") or [])
         if config.ckpt_path == "last":  # runs live in new version folders: find the newest checkpoint
             config.ckpt_path = str(last_checkpoint(config.output_dir, config.experiment))
-        model_class = _import(config.model.class_path)
+        model_class = import_class(config.model.class_path)
         sample_shape, num_classes = _data_contract(config)
         hparams = check_checkpoint(config.ckpt_path, model_class.__name__, sample_shape, num_classes,
                                    weights_only=config.get("weights_only") is not False)
@@ -238,11 +237,6 @@ def _has_kind(callbacks: list[L.Callback], default: L.Callback) -> bool:
     return any(isinstance(c, type(default)) for c in callbacks)
 
 
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _disposable(path: Path) -> bool:
     """What a run writes before any work: its config (config.yaml, Lightning's hparams.yaml) and empty files."""
     return path.name in ("config.yaml", "hparams.yaml") or (path.is_file() and path.stat().st_size == 0)
@@ -258,7 +252,7 @@ def _data_contract(config: Namespace) -> tuple[Optional[tuple[int, ...]], Option
     if not isinstance(data, Namespace) or not data.get("class_path"):
         return None, None
     init_args = data.get("init_args")
-    module = _import(data.class_path)(**(init_args.as_dict() if isinstance(init_args, Namespace) else {}))
+    module = import_class(data.class_path)(**(init_args.as_dict() if isinstance(init_args, Namespace) else {}))
     return tuple(module.sample_shape), module.num_classes
 
 

@@ -148,11 +148,16 @@ def _short(class_path: str) -> str:
     return class_path.rsplit(".", 1)[-1]
 
 
+def import_class(class_path: str) -> type:
+    """The class named by its import path, e.g. lightning_diffusion.DiffusionModule."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _options_of(class_path: str) -> list[str]:
     """The constructor arguments of a class named by its import path ([] if it cannot be imported)."""
     try:
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_class(class_path)
         return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
     except Exception:  # noqa: BLE001 - only a suggestion is lost
         return []

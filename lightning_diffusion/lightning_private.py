@@ -37,25 +37,20 @@ def averaged_model(callback: WeightAveraging) -> Any:
 
 
 # LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
-_USED = {
-    "Trainer._signal_connector.received_sigterm": lambda: hasattr(L.Trainer(logger=False, enable_checkpointing=False,
-                                                                             enable_progress_bar=False,
-                                                                             enable_model_summary=False)._signal_connector,
-                                                                   "received_sigterm"),
-    "Trainer._logger_connector.should_update_logs": lambda: hasattr(
-        type(L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False)._logger_connector), "should_update_logs"),
-    "WeightAveraging._average_model": lambda: hasattr(WeightAveraging(), "_average_model"),
-    "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda: hasattr(L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    ).fit_loop.epoch_loop.batch_progress, "is_last_batch"),
-    "LightningCLI._parse_ckpt_path": lambda: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
+_USED = {  # name -> whether a bare Trainer and the classes still have it
+    "Trainer._signal_connector.received_sigterm": lambda t: hasattr(t._signal_connector, "received_sigterm"),
+    "Trainer._logger_connector.should_update_logs": lambda t: hasattr(type(t._logger_connector), "should_update_logs"),
+    "WeightAveraging._average_model": lambda t: hasattr(WeightAveraging(), "_average_model"),
+    "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda t: hasattr(
+        t.fit_loop.epoch_loop.batch_progress, "is_last_batch"),
+    "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
 }
 
 
 def check() -> None:
     """Raise one sentence naming each private Lightning API that the installed Lightning no longer has."""
-    missing = [name for name, present in _USED.items() if not present()]
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    missing = [name for name, present in _USED.items() if not present(trainer)]
     if missing:
         raise RuntimeError(
             f"lightning {L.__version__} no longer has {', '.join(missing)}, which lightning_diffusion relies on: "
