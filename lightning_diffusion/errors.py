@@ -4,8 +4,9 @@
 constructor, by jsonargparse, by a DataModule's `prepare_data`/`setup`, by the model's `setup` or by a training
 step is said the same way. Expected are bad input (ValueError and its CheckpointError, argument and YAML errors,
 Lightning's MisconfigurationException, missing files: exit 2) and failures of a run that the user can act on (a
-non-finite loss, a path that cannot be written, out of GPU memory: exit 1). Anything else is a bug and keeps its
-traceback; LIGHTNING_DIFFUSION_DEBUG=1 lets every error through with its traceback.
+non-finite loss, a path that cannot be written, out of GPU memory: exit 1). A stop signal exits 128 + the signal,
+as a shell reports a process ended by it: 143 after SIGTERM (or SIGUSR1), 130 after Ctrl-C. Anything else is a bug
+and keeps its traceback; LIGHTNING_DIFFUSION_DEBUG=1 lets every error through with its traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
+STOPPED_BY_SIGNAL, INTERRUPTED = 128 + signal.SIGTERM, 128 + signal.SIGINT  # exit codes: SIGTERM, Ctrl-C
 
 
 @contextmanager
@@ -52,17 +53,40 @@ def one_line_errors(args: Optional[Sequence[str]] = None) -> Iterator[None]:
     (the command line) lets a YAML error name its file and a parse error its subcommand."""
     try:
         yield
-    except SIGTERMException as error:  # a stop signal (callbacks.CheckpointOnSignal saved and said where)
+    except SIGTERMException as error:  # a stop signal (callbacks.CheckpointOnSignal saved or stopped, and said so)
         if debugging():
             raise
-        # 128 + SIGTERM, as a shell reports a process ended by it: `fit && predict` stops, SLURM sees no success
-        raise SystemExit(STOPPED_BY_SIGNAL) from error
+        # 128 + the signal, so `fit && predict` stops and SLURM sees no success; CheckpointOnSignal marks the
+        # exception with its signal (`signum`), SIGUSR1 counts as SIGTERM
+        code = INTERRUPTED if getattr(error, "signum", None) == signal.SIGINT else STOPPED_BY_SIGNAL
+        raise SystemExit(code) from error
+    except KeyboardInterrupt as error:  # a Ctrl-C that no stop handler took (before the run), or a second one
+        if debugging():
+            raise
+        _say(interrupted_sentence(error))
+        raise SystemExit(INTERRUPTED) from error
+    except SystemExit as error:
+        # Lightning's trainer answers a Ctrl-C inside a run with its clean-up and sys.exit(1)
+        if isinstance(error.__context__, KeyboardInterrupt) and not debugging():
+            _say(interrupted_sentence(error.__context__))
+            raise SystemExit(INTERRUPTED) from error
+        raise
     except (*_INPUT, *_RUN) as error:
         if debugging():
             raise
-        sys.stderr.write(f"error: {sentence(error, args)}\n")
-        sys.stderr.flush()
+        _say(sentence(error, args))
         raise SystemExit(INPUT_ERROR if isinstance(error, _INPUT) else RUN_ERROR) from error
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+def interrupted_sentence(error: BaseException) -> str:
+    """A Ctrl-C that ended the run (`error` names a second one: callbacks.CheckpointOnSignal)."""
+    return (f"{str(error) or 'interrupted by Ctrl-C'}: nothing was saved since the newest checkpoint; a fit "
+            "resumes from it with --ckpt_path last.")
 
 
 def sentence(error: BaseException, args: Optional[Sequence[str]] = None) -> str:

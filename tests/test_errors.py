@@ -4,7 +4,8 @@ nothing written. The cases are data (CASES), shared with the table of notes/reli
 
     python tests/test_errors.py > /tmp/table.md
 
-fills by running every case in a subprocess of the real CLI."""
+fills by running every case in a subprocess of the real CLI (`python tests/test_errors.py WORDS...`: only the cases
+whose name holds one of the words)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,15 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from conftest import REPO, cpu_overrides  # noqa: E402
 from fakes import GENDERS, make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
+from test_signals import SENDER, send  # noqa: E402
 
 MOONS, MNIST_COND = str(REPO / "configs/moons.yaml"), str(REPO / "configs/mnist_cond.yaml")
 CIFAR, CELEB = str(REPO / "configs/cifar10.yaml"), str(REPO / "configs/celeb_cond.yaml")
 CKPT = "out/trained/version_0/checkpoints/last.ckpt"  # a moons model trained 2 steps (the world makes it)
 FIT = ["fit", "--config", MOONS]
 PREDICT = ["predict", "--config", MOONS, "--data.init_args.predict_num_samples", "4", "--model.num_inference_steps", "2"]
+PREDICT_4_BATCHES = ["predict", "--config", MOONS, "--ckpt_path", CKPT, "--data.init_args.predict_num_samples",
+                     "1024", "--model.num_inference_steps", "2", "--trainer.enable_progress_bar", "false"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
@@ -73,7 +77,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     writes: Optional[bool] = False  # whether files appear in the world (None: not checked, the run decides)
     line: str = "error:"  # how the lines shown in the table start
-    table_only: bool = False  # tested on its own (a success, or a traceback on purpose)
+    table_only: bool = False  # tested on its own (a success, a traceback on purpose, a signal)
+    signal: tuple = ()  # (name, stage, batch[, again]): the run sends itself that signal (test_signals.send)
 
 
 CASES = [
@@ -160,6 +165,18 @@ CASES = [
          entry="lightning_diffusion.export"),
     Case("export of a truncated checkpoint", ["truncated.ckpt", "exports/c"], 2, ("not a readable checkpoint",),
          entry="lightning_diffusion.export"),
+    # stop signals, which the run sends itself at a batch (tested in test_signals.py)
+    Case("SIGTERM during fit", [*FIT, "--trainer.enable_progress_bar", "false"], 143, ("SIGTERM: saved",),
+         writes=None, line="SIGTERM: saved", table_only=True, signal=("SIGTERM", "train", 2)),
+    Case("Ctrl-C (SIGINT) during fit", [*FIT, "--trainer.enable_progress_bar", "false"], 130, ("SIGINT: saved",),
+         writes=None, line="SIGINT: saved", table_only=True, signal=("SIGINT", "train", 2)),
+    Case("a second Ctrl-C while the first waits for the end of a slow batch",
+         [*FIT, "--trainer.enable_progress_bar", "false"], 130, ("aborted by a second Ctrl-C",), writes=None,
+         table_only=True, signal=("SIGINT", "train", 2, 0.2)),
+    Case("SIGTERM during predict", PREDICT_4_BATCHES, 143, ("predict stopped",), line="SIGTERM: predict stopped",
+         table_only=True, signal=("SIGTERM", "predict", 1)),
+    Case("Ctrl-C during predict", PREDICT_4_BATCHES, 130, ("predict stopped",), line="SIGINT: predict stopped",
+         table_only=True, signal=("SIGINT", "predict", 1)),
     # the traceback, when asked for
     Case("fit without --config, LIGHTNING_DIFFUSION_DEBUG=1", ["fit"], 1, ("ArgumentError",), line="argparse.ArgumentError",
          env={"LIGHTNING_DIFFUSION_DEBUG": "1"}, table_only=True),
@@ -357,14 +374,25 @@ def test_celeb_cache_follows_the_files_not_only_the_path(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- the table
 
 
-def table(root: Path) -> str:
-    """Runs every case in a subprocess of the real CLI in `root` (a world) and returns the markdown table."""
+def sent(signal: tuple) -> str:
+    """How the table says a case's signal."""
+    name, stage, batch, *again = signal
+    return (f" + {name} at the start of {'training' if stage == 'train' else stage} batch {batch + 1}"
+            + (f", again {again[0]} s later" if again else ""))
+
+
+def table(root: Path, words: Optional[list[str]] = None) -> str:
+    """Runs every case (or those whose name holds one of `words`) in a subprocess of the real CLI in `root` (a
+    world) and returns the markdown table."""
     rows = ["| mistake | command | exit | the line printed | written |", "|---|---|---|---|---|"]
     for case in CASES:
+        if words and not any(word.lower() in case.what.lower() for word in words):
+            continue
         before = snapshot(root)
         env = {**os.environ, "LIGHTNING_DIFFUSION_DEBUG": "", **case.env}
-        result = subprocess.run([sys.executable, "-m", case.entry, *case.args], cwd=root, capture_output=True,
-                                text=True, env=env)
+        # a case with a signal runs the same CLI through test_signals.SENDER, which sends it
+        argv = ["-c", SENDER, *case.args, *send(*case.signal)] if case.signal else ["-m", case.entry, *case.args]
+        result = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, env=env)
         lines = [re.sub(r"^\S+\.py:\d+: (\w+Warning: )?", "", line.strip()) for line in result.stderr.splitlines()
                  if line.startswith(case.line) or (case.code == 0 and "skipped:" in line)]  # a warning: its text
         if case.table_only and lines:  # a success shows its lines, a traceback its last line
@@ -380,7 +408,8 @@ def table(root: Path) -> str:
         prefix = "".join(f"{name}={value} " for name, value in case.env.items() if name.startswith("LIGHTNING"))
         shown = line.replace(f"{root}/", "").replace(f"{REPO}/", "").replace(str(Path(sys.executable).parent), "…")
         new = written(before, snapshot(root))
-        rows.append(f"| {case.what} | `{prefix}{command.replace(f'{REPO}/', '')}` | {result.returncode} | "
+        shown_command = f"`{prefix}{command.replace(f'{REPO}/', '')}`{sent(case.signal) if case.signal else ''}"
+        rows.append(f"| {case.what} | {shown_command} | {result.returncode} | "
                     f"{shown.replace('|', '/')} | {', '.join(new) if new else 'nothing'} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return "\n".join(rows)
@@ -391,4 +420,4 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as folder:
         make_world(Path(folder))
-        print(table(Path(folder)))
+        print(table(Path(folder), sys.argv[1:]))

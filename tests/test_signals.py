@@ -1,6 +1,7 @@
 """Stop signals and resume: a SIGTERM during validation stops at the epoch's end and 2 + 2 epochs resume to exactly
 4 straight ones, nothing is saved outside fit, under DDP a signal on one rank stops both ranks with a checkpoint,
-`--ckpt_path last` finds the newest checkpoint, and last.ckpt follows every epoch."""
+`--ckpt_path last` finds the newest checkpoint, and last.ckpt follows every epoch. Ctrl-C stops a fit like SIGTERM
+(exit 130) and a second one aborts it; a stop signal ends `predict` with nothing written."""
 
 import os
 import signal
@@ -8,12 +9,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning_diffusion.callbacks as callbacks
 from conftest import REPO
+from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.runs import newest_checkpoint
 
 STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
@@ -206,3 +209,161 @@ def test_newest_checkpoint(tmp_path):
     assert newest_checkpoint(str(tmp_path), "moons") == hpc
     os.utime(root / "version_0/checkpoints/epoch=9-step=90.ckpt", (400, 400))  # the link's target decides
     assert newest_checkpoint(str(tmp_path), "moons") == root / "version_0/checkpoints/last.ckpt"
+
+
+# ------------------------------------------------------------------------------- Ctrl-C, and a stop during predict
+
+# The real CLI, run as `python -c SENDER <args>`; with the arguments of `send(...)` the run sends itself a signal at
+# one of its batches (the process gets it as it would from a shell or a terminal, at an exact point of the run).
+SENDER = """
+import os, signal, time
+from typing import Optional
+
+import lightning as L
+
+from lightning_diffusion.cli import main
+
+
+class SendSignal(L.Callback):
+    def __init__(self, signal_name: str, stage: str, batch: int, again: Optional[float] = None) -> None:
+        self.signum, self.stage, self.batch, self.again = getattr(signal, signal_name), stage, batch, again
+
+    def _at(self, stage, batch_idx):
+        if (stage, batch_idx) == (self.stage, self.batch):
+            os.kill(os.getpid(), self.signum)
+            if self.again is not None:  # a batch that would last a minute, and the signal again while it runs
+                time.sleep(self.again)
+                os.kill(os.getpid(), self.signum)
+                time.sleep(60)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._at("train", batch_idx)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._at("predict", batch_idx)
+
+
+main()
+"""
+
+
+def send(signal_name, stage, batch, again=None):
+    """The arguments that make a SENDER run send itself `signal_name` at batch `batch` of `stage` (train or predict),
+    and, with `again`, once more `again` seconds later."""
+    args = ["--trainer.callbacks+=__main__.SendSignal", "--trainer.callbacks.signal_name", signal_name,
+            "--trainer.callbacks.stage", stage, "--trainer.callbacks.batch", str(batch)]
+    return args + (["--trainer.callbacks.again", str(again)] if again is not None else [])
+
+
+def run_sender(tmp_path, *args, timeout=120):
+    """The CLI in a subprocess (SENDER), outputs under tmp_path/outputs; returns its exit code and stderr."""
+    command = [sys.executable, "-c", SENDER, *args, "--output_dir", str(tmp_path / "outputs"),
+               "--trainer.enable_progress_bar", "false"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""})
+    return result.returncode, result.stderr
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A moons model trained 2 steps, to predict with."""
+    from lightning_diffusion.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["lightning_diffusion"])
+        main(["fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL, "--trainer.max_steps", "2",
+              "--output_dir", str(root), "--trainer.enable_progress_bar", "false"])
+    return root / "moons/version_0/checkpoints/last.ckpt"
+
+
+def test_ctrl_c_during_fit_stops_like_sigterm(tmp_path, config):
+    """Ctrl-C (SIGINT, here from another process, as a terminal sends it) stops the fit after the same batch on
+    every rank with interrupted.ckpt and exits 130 (128 + SIGINT). Lightning alone stops at once, without a
+    checkpoint, and exits 1."""
+    out, err = tmp_path / "outputs", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", config, *SMALL,
+               "--trainer.max_epochs", "1000", "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    with open(err, "w") as stream:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
+                                   stdout=subprocess.DEVNULL, stderr=stream)
+    checkpoints = out / "moons" / "version_0" / "checkpoints"
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoints / "last.ckpt").exists():  # an epoch is done: the training runs
+            assert process.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, err.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and error_lines(stderr) == [], stderr[-3000:]
+    assert f"SIGINT: saved {checkpoints / 'interrupted.ckpt'}" in stderr
+    assert load(checkpoints / "interrupted.ckpt")["global_step"] >= load(checkpoints / "last.ckpt")["global_step"] > 0
+
+
+def test_a_second_ctrl_c_aborts_at_once(tmp_path, config):
+    """The first Ctrl-C waits for the next point where the ranks agree (here after a batch that would last a
+    minute); a second one while it waits aborts at once: exit 130, one line, no traceback, no checkpoint."""
+    started = time.monotonic()
+    code, stderr = run_sender(tmp_path, "fit", "--config", config, *SMALL, "--trainer.max_epochs", "1000",
+                              *send("SIGINT", "train", 2, again=0.2), timeout=55)
+    assert code == 130, stderr[-3000:]
+    assert time.monotonic() - started < 50  # the batch's minute did not run out
+    lines = error_lines(stderr)
+    assert "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    assert "second Ctrl-C" in lines[0]
+    assert not list((tmp_path / "outputs").rglob("interrupted.ckpt"))
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_ends_predict_with_nothing_written(tmp_path, config, trained, signal_name, code):
+    """A stop signal during predict ends it after that batch with 128 + the signal: no samples.npz, no grid, no
+    partial file (the run folder, which held only its config, is removed). Lightning alone ignores SIGTERM during
+    predict and writes its samples; Ctrl-C exits 1."""
+    exit_code, stderr = run_sender(tmp_path, "predict", "--config", config, "--ckpt_path", str(trained),
+                                   "--data.init_args.predict_num_samples", "1024", "--model.num_inference_steps", "10",
+                                   *send(signal_name, "predict", 1))  # the second of 4 batches
+    assert exit_code == code, stderr[-3000:]
+    assert "Traceback" not in stderr and error_lines(stderr) == [], stderr[-3000:]
+    assert f"{signal_name}: predict stopped after batch 2 of 4" in stderr
+    assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []
+
+
+def test_ctrl_c_outside_a_run_is_one_line(capsys):
+    """A Ctrl-C before the run (parsing, building the model) or that Lightning caught inside it (it exits 1)."""
+    # (a KeyboardInterrupt that got through would end the whole pytest session: it is caught here)
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exit_info, one_line_errors([]):
+        raise KeyboardInterrupt
+    assert exit_info.type is SystemExit and exit_info.value.code == 130
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exit_info, one_line_errors([]):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)  # what Lightning's trainer does after its clean-up
+    assert exit_info.type is SystemExit and exit_info.value.code == 130
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 2 and all("interrupted by Ctrl-C" in line for line in lines)
+
+
+def test_an_interrupted_write_of_samples_leaves_no_file(tmp_path, monkeypatch):
+    """samples.npz (and each grid) is written under a temporary name and moved into place once complete."""
+    from types import SimpleNamespace
+
+    def interrupted(file, **arrays):
+        (open(file, "wb") if isinstance(file, (str, os.PathLike)) else file).write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path))
+    predictions = [{"samples": torch.randn(4, 2), "class_labels": None, "indices": torch.arange(4)}]
+    with pytest.raises(KeyboardInterrupt):
+        callbacks.SampleWriter().write_on_epoch_end(trainer, None, predictions, [])
+    assert list(tmp_path.iterdir()) == []

@@ -96,7 +96,8 @@ class ExactResume(Callback):
 
 
 class CheckpointOnSignal(Callback):
-    """On SIGTERM, saves ``checkpoints/interrupted.ckpt`` in the run folder and stops every rank at the same batch.
+    """On SIGTERM or Ctrl-C, saves ``checkpoints/interrupted.ckpt`` in the run folder and stops every rank at the
+    same batch; during ``predict``, stops it with nothing written.
 
     Lightning's own SIGTERM handling is replaced while training runs: under DDP it stops each rank on its own
     signal and broadcasts from inside the signal handler, so a signal that reaches the ranks at different moments
@@ -107,22 +108,35 @@ class CheckpointOnSignal(Callback):
     batch or during its validation, once the epoch is complete (a checkpoint that resumes exactly). A stop inside validation (``val_check_interval < 1``) keeps the training and EMA weights in their
     places. Nothing is saved outside ``fit``. SIGUSR1 (SLURM's ``--signal``) is treated like SIGTERM unless
     Lightning's SLURM auto-requeue handles it (it then saves ``hpc_ckpt_N.ckpt`` and requeues the job itself).
-    Resume with ``fit --ckpt_path last``.
+    Ctrl-C (SIGINT) is treated like SIGTERM too, where Lightning would stop at once without a checkpoint; a second
+    Ctrl-C before the checkpoint is saved aborts at once (KeyboardInterrupt), without one. Resume with
+    ``fit --ckpt_path last``. During ``predict`` the ranks agree after every batch (where each rank has one) and
+    stop before the samples are written; a signal during the last batches or the writing stops it at its end.
+    The stop's exception carries its signal (``signum``), so that the CLI exits 128 + it (SIGUSR1 as SIGTERM).
 
     Args:
-        signals: Names of the signals that stop training with a checkpoint; one other than SIGTERM that already
-            has a handler when training starts (SIGUSR1 under Lightning's SLURM auto-requeue) is left to it.
+        signals: Names of the signals that stop with a checkpoint; one other than SIGTERM that already has a
+            handler when training starts (SIGUSR1 under Lightning's SLURM auto-requeue, a SIGINT that is ignored,
+            as in a background job) is left to it.
     """
 
-    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGUSR1")) -> None:
         self.signals = tuple(signals)
         self.received: Optional[int] = None  # the signal this process got, until the ranks agree to stop
-        self.stopped_by: Optional[str] = None  # the signal whose checkpoint was saved: the CLI exits 128 + it
+        self.stopped_by: Optional[str] = None  # the signal whose checkpoint was saved
+        self._predicted, self._shared_batches = 0, 0.0  # predict batches done; those every rank has
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # No collective and no logging here: a handler runs between any two bytecodes, also inside logging.
         if self.received is None:
             self.received = signum
+        elif signum == signal.SIGINT and self.stopped_by is None:  # Ctrl-C while the stop is on its way: abort
+            first = "a second Ctrl-C" if self.received == signal.SIGINT else f"Ctrl-C after {self._name()}"
+            raise KeyboardInterrupt(f"aborted by {first}")
+
+    def _name(self) -> str:
+        # without a signal of its own, the stop came from Lightning's SIGTERM flag (a signal before _install)
+        return signal.Signals(self.received).name if self.received is not None else "SIGTERM"
 
     def _install(self) -> None:
         """Replaces the handlers that Lightning registered just before the run; Lightning puts back the ones from
@@ -133,12 +147,14 @@ class CheckpointOnSignal(Callback):
             signum = getattr(signal, name, None)
             if signum is None:  # e.g. SIGUSR1 on Windows
                 continue
-            # SIGTERM always (its handler is Lightning's now); another signal when nothing else handles it
-            if signum == signal.SIGTERM or signal.getsignal(signum) in (None, signal.SIG_DFL, self._on_signal):
+            # SIGTERM always (its handler is Lightning's now); another signal when nothing else handles it (for
+            # SIGINT: Python's own handler, which raises KeyboardInterrupt)
+            free = (None, signal.SIG_DFL, signal.default_int_handler, self._on_signal)
+            if signum == signal.SIGTERM or signal.getsignal(signum) in free:
                 signal.signal(signum, self._on_signal)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
+        self.received = self.stopped_by = None
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()
@@ -178,6 +194,32 @@ class CheckpointOnSignal(Callback):
         directory = getattr(trainer.checkpoint_callback, "dirpath", None) or run_dir(trainer) / "checkpoints"
         path = Path(directory) / "interrupted.ckpt"
         trainer.save_checkpoint(path)  # a collective: every rank is here, after the same batch
-        name = signal.Signals(self.received).name if self.received is not None else "SIGTERM"
-        self.stopped_by = name
-        rank_zero_info(f"{name}: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+        exception.signum = self.received or signal.SIGTERM  # the CLI's exit code
+        self.stopped_by = self._name()
+        rank_zero_info(f"{self.stopped_by}: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = self.stopped_by = None
+        self._install()
+        # Each rank predicts its own share of the requests, and the shares can differ by a batch: the ranks agree
+        # after the batches that every rank has, and once more at the end.
+        self._predicted, self._shared_batches = 0, float(sum(trainer.num_predict_batches))
+        if trainer.world_size > 1:
+            batches = torch.tensor(self._shared_batches, device=trainer.strategy.root_device)
+            self._shared_batches = float(trainer.strategy.reduce(batches, reduce_op="min"))
+
+    def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._predicted += 1
+        if self._predicted <= self._shared_batches and self._agree(trainer):
+            total = sum(trainer.num_predict_batches)
+            self._stop_predict(f"after batch {self._predicted} of {total}, before writing its samples")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._agree(trainer):  # a signal during the last batches or the writing, which is complete
+            self._stop_predict("at its end, with its samples written")
+
+    def _stop_predict(self, when: str) -> None:
+        rank_zero_info(f"{self._name()}: predict stopped {when}")
+        stop = SIGTERMException()  # as Lightning's loops stop on SIGTERM
+        stop.signum = self.received or signal.SIGTERM
+        raise stop

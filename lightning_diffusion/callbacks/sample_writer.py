@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -18,7 +20,8 @@ from lightning_diffusion.plotting import image_grid
 
 class SampleWriter(BasePredictionWriter):
     """Writes every sample that `predict` generated to run_dir/samples.npz: ``samples`` (2D points as float32;
-    images as uint8 (N, H, W, C)) and ``class_labels``; images also as PNG grids of `grid_size` samples.
+    images as uint8 (N, H, W, C)) and ``class_labels``; images also as PNG grids of `grid_size` samples. Each file
+    appears complete or not at all, and the grids only with their samples.npz.
 
     Args:
         filename: Name of the .npz file in the run folder (a -1, -2, ... suffix is added rather than overwrite).
@@ -51,14 +54,33 @@ class SampleWriter(BasePredictionWriter):
             arrays["class_labels"] = torch.cat(parts["class_labels"])[order].numpy()
         folder = run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        if samples.ndim == 4:  # images (N, C, H, W) in [0, 1]
-            images = samples.clamp(0, 1)
-            arrays["samples"] = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            # conditional requests cycle through the classes: one column per class
-            nrow = pl_module.num_classes or int(math.ceil(math.sqrt(min(self.grid_size, len(images)))))
-            for k, start in enumerate(range(0, len(images), self.grid_size or len(images) + 1)):
-                grid = image_grid(images[start : start + self.grid_size], nrow=nrow)
-                save_image(grid, free_path(folder / f"samples_grid_{k:03d}.png"))
-        path = free_path(folder / self.filename)
-        np.savez(path, **arrays)
+        written: list[Path] = []
+        try:
+            if samples.ndim == 4:  # images (N, C, H, W) in [0, 1]
+                images = samples.clamp(0, 1)
+                arrays["samples"] = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                # conditional requests cycle through the classes: one column per class
+                nrow = pl_module.num_classes or int(math.ceil(math.sqrt(min(self.grid_size, len(images)))))
+                for k, start in enumerate(range(0, len(images), self.grid_size or len(images) + 1)):
+                    grid = image_grid(images[start : start + self.grid_size], nrow=nrow)
+                    written.append(free_path(folder / f"samples_grid_{k:03d}.png"))
+                    write_atomically(written[-1], lambda file: save_image(grid, file, format="png"))
+            path = free_path(folder / self.filename)
+            write_atomically(path, lambda file: np.savez(file, **arrays))
+        except BaseException:  # also a second Ctrl-C: no grids without their samples
+            for grid_path in written:
+                grid_path.unlink(missing_ok=True)
+            raise
         rank_zero_info(f"Wrote {len(samples)} samples to {path}")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Writes `path` through `write(file)` under a temporary name in its folder, moved into place once complete:
+    an interrupted or failed write leaves no half-written file."""
+    partial = path.with_name(f".{path.name}.partial{os.getpid()}")
+    try:
+        with open(partial, "wb") as file:
+            write(file)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
