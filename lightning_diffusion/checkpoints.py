@@ -93,8 +93,8 @@ def last_checkpoint(output_dir: str, experiment: str) -> Path:
 def drop_built_objects(hparams: dict[str, Any]) -> None:
     """Keep in `hparams` only what a config can rebuild: objects built in Python (a denoiser, a scheduler, metric
     instances) are not hyperparameters (the weights are in the state_dict); such a checkpoint loads with
-    load_from_checkpoint(path, denoiser=..., scheduler=...)."""
-    for name in ("denoiser", "scheduler", "optimizer", "lr_scheduler"):
+    load_from_checkpoint(path, denoiser=..., scheduler=...) (or formulation=...)."""
+    for name in ("denoiser", "scheduler", "formulation", "optimizer", "lr_scheduler"):
         if not isinstance(hparams.get(name), (dict, type(None))):
             hparams.pop(name)
     if not all(isinstance(metric, dict) for metric in hparams.get("sample_metrics") or []):
@@ -115,7 +115,7 @@ def model_class_name(hparams: dict[str, Any]) -> str:
     """The LightningModule class a checkpoint was saved from (CLI checkpoints record it; else told by its keys)."""
     if "_class_path" in hparams:
         return str(hparams["_class_path"]).rsplit(".", 1)[-1]
-    if {"denoiser", "scheduler", "prediction_type"} & set(hparams):
+    if {"denoiser", "scheduler", "prediction_type", "formulation"} & set(hparams):
         return "DiffusionModule"
     return "ImageClassifier" if "num_features" in hparams else "LightningModule of another kind"
 

@@ -6,18 +6,16 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from diffusers import SchedulerMixin
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-
-from lightning_diffusion.samplers import sampler_class
 
 
 def check_arguments(
     denoiser: nn.Module,
-    scheduler: SchedulerMixin,
+    formulation: Any,
     *,
     sampler: str,
+    sampler_kwargs: dict[str, Any],
     num_inference_steps: int,
     label_dropout: float,
     guidance_scale: float,
@@ -26,24 +24,10 @@ def check_arguments(
     sample_batch_size: Optional[int],
     sample_shape: tuple[int, ...],
     num_classes: Optional[int],
-    prediction_type: str,
 ) -> None:
     """Raise a one-sentence ValueError for the first disagreement; warn where a choice is legal but useless."""
-    if getattr(scheduler, "alphas_cumprod", None) is None:
-        raise ValueError(
-            f"The training scheduler {type(scheduler).__name__} has no alphas_cumprod: use a DDPM-family "
-            "scheduler such as DDPMScheduler for training and choose the sampler with `sampler`."
-        )
-    if prediction_type == "epsilon" and float(scheduler.alphas_cumprod[-1]) == 0.0:
-        # x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) divides by zero at the last timestep
-        raise ValueError(
-            "A schedule with zero terminal SNR (rescale_betas_zero_snr: true) cannot be sampled from an epsilon "
-            "model (x0 from eps divides by sqrt(alpha_bar_T) = 0): use prediction_type v_prediction or sample."
-        )
-    sampler_class(sampler)  # an unknown name is one sentence now, not at the first validation
-    num_train_timesteps = scheduler.config.num_train_timesteps
-    if not 0 < num_inference_steps <= num_train_timesteps:
-        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
+    # an unknown sampler or option is one sentence now, not at the first validation
+    formulation.check_sampler(sampler, sampler_kwargs, num_inference_steps)
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
     denoiser_classes = getattr(denoiser, "num_classes", num_classes)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 LossWeighting = Literal["uniform", "min_snr"]
-StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (i, t, x_t, x0_pred)
+StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]  # (i, t, x_t, x0_pred): x_t after step i, at time t
 
 
 def expand_like(v: Tensor, x: Tensor) -> Tensor:
@@ -134,35 +134,111 @@ def guided_output(
     return uncond + guidance_scale * (cond - uncond)
 
 
+def predict_eps(model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, prediction_type: PredictionType) -> Tensor:
+    """The denoiser's estimate of eps, whatever it predicts (x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps)."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":  # eps = sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t
+        return alpha_bar_t.sqrt() * model_output + (1 - alpha_bar_t).sqrt() * x_t
+    x0 = predict_x0(model_output, x_t, alpha_bar_t, prediction_type)
+    return (x_t - alpha_bar_t.sqrt() * x0) / (1 - alpha_bar_t).sqrt()
+
+
+# ---------------------------------------------------------------- the reverse process, from the formulas
+
+def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
+    """The timesteps of a shorter reverse process, decreasing, spaced as Lin et al. 2024 (Table 2) name it."""
+    T, n = num_train_timesteps, num_inference_steps
+    if spacing == "leading":
+        steps = [i * (T // n) + offset for i in range(n)]
+    elif spacing == "trailing":
+        steps = [round(T - i * T / n) - 1 for i in range(n)][::-1]
+    elif spacing == "linspace":
+        steps = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long().tolist()
+    else:
+        raise ValueError(f"Unknown timestep_spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'.")
+    return steps[::-1]
+
+
+def ddpm_step(
+    model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, alpha_bar_prev: Tensor, prediction_type: PredictionType,
+    noise: Optional[Tensor], clip: Optional[float] = None, large_variance: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One ancestral step x_t -> x_{t-1} of Ho et al. 2020 and the x0 estimate it used.
+
+    The mean is that of the posterior q(x_{t-1} | x_t, x0) (their eq. 7) at the predicted x0, which for an
+    unclipped eps-model is their eq. 11, 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps); it also lets x0
+    be clipped. sigma_t^2 is the posterior's beta~_t, or beta_t with `large_variance` (both in their sec. 3.2).
+    Between two timesteps of a shorter process, alpha_t = alpha_bar_t / alpha_bar_prev.
+    """
+    x0 = predict_x0(model_output, x_t, alpha_bar_t, prediction_type)
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    alpha_t = alpha_bar_t / alpha_bar_prev
+    beta_t = 1 - alpha_t
+    # the posterior mean's coefficients first: x0 of an eps-model is huge at high noise, so the order counts
+    coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)
+    coef_xt = alpha_t.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+    mean = coef_x0 * x0 + coef_xt * x_t
+    if noise is None:  # the last step, to t = 0, adds no noise
+        return mean, x0
+    variance = beta_t if large_variance else ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t).clamp(min=1e-20)
+    return mean + variance.sqrt() * noise, x0
+
+
+def ddim_step(
+    model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, alpha_bar_prev: Tensor, prediction_type: PredictionType,
+    noise: Optional[Tensor] = None, eta: float = 0.0, clip: Optional[float] = None,
+) -> tuple[Tensor, Tensor]:
+    """One step of Song et al. 2021 (eq. 12) and the x0 estimate it used:
+    x_prev = sqrt(alpha_bar_prev) x0 + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z, with
+    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev) (their eq. 16).
+    A clipped x0 comes with the eps that agrees with it, so that x0, eps and x_t stay one consistent triple."""
+    x0 = predict_x0(model_output, x_t, alpha_bar_t, prediction_type)
+    eps = predict_eps(model_output, x_t, alpha_bar_t, prediction_type)
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+        eps = (x_t - alpha_bar_t.sqrt() * x0) / (1 - alpha_bar_t).sqrt()
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).sqrt() * eps
+    if eta > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
 @torch.no_grad()
 def sample(
-    denoiser: nn.Module,
+    net: Callable[[Tensor, Tensor], Tensor],
     sampler: Any,
     noise: Tensor,
     num_inference_steps: int,
-    class_labels: Optional[Tensor] = None,
-    guidance_scale: float = 1.0,
-    null_label: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     callback: Optional[StepCallback] = None,
+    to_x0: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
+    end_time: float = 0.0,
 ) -> Tensor:
-    """The reverse process x_T -> x_0, stepped by the `Sampler` that samplers.build_sampler made (a fresh one per call:
-    diffusers schedulers keep per-call state). After each step, `callback(i, t, x_t, x0_pred)` receives the new
-    sample and the current estimate of x0."""
+    """The reverse process x_T -> x_0 of a diffusers scheduler: the `Sampler` that samplers.build_sampler (or a
+    formulation) made, fresh per call (diffusers schedulers keep per-call state). `net(x_in, t)` is the (guided)
+    denoiser at the scheduler's timestep t. After each step, `callback(i, t, x_t, x0_pred)` receives the new sample,
+    the timestep it is at (the next one; `end_time` after the last step) and the estimate of x0: the scheduler's own,
+    or `to_x0(model_output, x_in, t)` where it gives none (by default, that of a VP schedule)."""
     scheduler = sampler.scheduler
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     step_kwargs = {**sampler.step_kwargs, **({"generator": generator} if sampler.takes_generator else {})}
-    prediction_type = scheduler.config.prediction_type
-    x = noise.float() * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
-        x_in = scheduler.scale_model_input(x, t)
-        model_output = guided_output(denoiser, x_in, t, class_labels, guidance_scale, null_label).float()
+    x = noise.float() * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
+    scale = getattr(scheduler, "scale_model_input", None)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        x_in = scale(x, t) if scale is not None else x
+        model_output = net(x_in, t.expand(x.shape[0])).float()
         step = scheduler.step(model_output, t, x, **step_kwargs)
         x = step.prev_sample
         if callback is not None:
             x0_pred = getattr(step, "pred_original_sample", None)
-            if x0_pred is None:  # multistep solvers (DPM-Solver, UniPC) work on the VP sample: x_in == x_t
+            if x0_pred is None and to_x0 is not None:
+                x0_pred = to_x0(model_output, x_in, t)
+            elif x0_pred is None:  # a VP multistep solver (DPM-Solver, UniPC) steps the VP sample: x_in == x_t
                 alpha_bar_t = alpha_bar_at(scheduler.alphas_cumprod, t.reshape(1), x_in)
-                x0_pred = predict_x0(model_output, x_in, alpha_bar_t, prediction_type)
-            callback(i, t, x, x0_pred)
+                x0_pred = predict_x0(model_output, x_in, alpha_bar_t, scheduler.config.prediction_type)
+            callback(i, timesteps[i + 1] if i + 1 < len(timesteps) else timesteps.new_tensor(end_time), x, x0_pred)
     return x

@@ -2,9 +2,11 @@
 
     python -m lightning_diffusion.export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
 
-An unconditional model becomes a `DDPMPipeline` folder (`DDPMPipeline.from_pretrained(folder)` samples it); a
-conditional one saves its `unet/` and `scheduler/` with `save_pretrained` (diffusers has no class-conditional
-pipeline for UNet2DModel), plus `lightning_diffusion.json` with the classes and the guidance null label.
+An unconditional VP (DDPM) model becomes a `DDPMPipeline` folder (`DDPMPipeline.from_pretrained(folder)` samples
+it); a conditional one, and any EDM or flow-matching model, saves its `unet/` and the matching `scheduler/`
+(DDPMScheduler, EDMEulerScheduler with the trained sigma_data, FlowMatchEulerDiscreteScheduler) with
+`save_pretrained` (diffusers has no class-conditional pipeline for UNet2DModel, and DDPMPipeline steps only DDPM
+schedulers), plus `lightning_diffusion.json` with the formulation, the classes and the guidance null label.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline
 
 from lightning_diffusion.checkpoints import check_checkpoint
 from lightning_diffusion.errors import one_line_errors
+from lightning_diffusion.formulations import VP
 from lightning_diffusion.module import DiffusionModule
 
 
@@ -41,10 +44,11 @@ def export(checkpoint: Path, folder: Path) -> Path:
     unet = getattr(model.denoiser, "unet", None)
     if unet is None:
         raise ValueError(f"The denoiser {type(model.denoiser).__name__} is not a UNetDenoiser: only image UNets export to diffusers.")
-    scheduler = DDPMScheduler.from_config(model.scheduler.config, prediction_type=model.prediction_type)
+    scheduler = model.formulation.diffusers_scheduler()
+    vp = isinstance(model.formulation, VP)
     partial = folder.with_name(f".{folder.name}.partial{os.getpid()}")
     try:
-        if model.num_classes is None:
+        if model.num_classes is None and vp:
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(partial)
         else:
             unet.save_pretrained(partial / "unet")
@@ -53,7 +57,8 @@ def export(checkpoint: Path, folder: Path) -> Path:
             "num_classes": model.num_classes,
             "null_label": model.num_classes,
             "class_names": model.class_names,
-            "prediction_type": model.prediction_type,
+            "formulation": type(model.formulation).__name__,
+            "prediction_type": model.formulation.prediction_type if vp else None,
             "guidance_scale": model.hparams.guidance_scale,
             "data_mean": model.data_mean.flatten().tolist(),
             "data_std": model.data_std.flatten().tolist(),

@@ -23,6 +23,7 @@ from torchvision.utils import save_image
 
 from lightning_diffusion import diffusion
 from lightning_diffusion.errors import one_line_errors
+from lightning_diffusion.formulations import VP
 from lightning_diffusion.runs import free_path
 from lightning_diffusion.plotting import image_grid, save_figure
 
@@ -103,7 +104,12 @@ def _inspect(argv: list[str] | None) -> Path:
     configs = [arg for path in args.config for arg in ("--config", path)]
     cli = DiffusionCLI(args=[*configs, *cli_args, "--output_dir", args.output_dir], run=False)
     model, data = cli.model, cli.datamodule
-    alphas_cumprod = model.alphas_cumprod
+    if not isinstance(model.formulation, VP):
+        raise ValueError(
+            f"inspect draws a VP (DDPM) noise schedule, but this config's formulation is "
+            f"{type(model.formulation).__name__}: inspect a config with model.scheduler."
+        )
+    alphas_cumprod = model.formulation.alphas_cumprod
     outside = [t for t in args.timesteps if not 0 <= t < len(alphas_cumprod)]
     if outside:  # before any work or file
         raise ValueError(
@@ -112,8 +118,8 @@ def _inspect(argv: list[str] | None) -> Path:
         )
     folder = Path(args.output_dir) / cli.config.experiment / "inspect"
     folder.mkdir(parents=True, exist_ok=True)
-    scheduler = model.scheduler.config
-    name = f"{cli.config.experiment}: {type(model.scheduler).__name__} {scheduler.beta_schedule}, T={len(alphas_cumprod)}"
+    scheduler = model.formulation.scheduler
+    name = f"{cli.config.experiment}: {type(scheduler).__name__} {scheduler.config.beta_schedule}, T={len(alphas_cumprod)}"
     save_figure(schedule_figure(alphas_cumprod, name), free_path(folder / "schedule.png"))
 
     x0 = real_batch(data, args.num_samples)

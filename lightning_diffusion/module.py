@@ -1,8 +1,9 @@
-"""DiffusionModule: a pluggable denoiser trained against a pluggable diffusers noise schedule."""
+"""DiffusionModule: a pluggable denoiser trained and sampled by a pluggable formulation (VP/DDPM, EDM, flow matching)."""
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, Union
 
@@ -11,18 +12,19 @@ import torch
 from diffusers import SchedulerMixin
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from lightning_diffusion import diffusion
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
 from lightning_diffusion.checks import check_arguments, check_held_out, sample_labels
 from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
+from lightning_diffusion.formulations import VP, Formulation
 from lightning_diffusion.evaluation import SampleMetrics
 from lightning_diffusion.lightning_private import is_logging_step
 from lightning_diffusion.training_state import LossMonitor, seed_rank_streams
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 from lightning_diffusion.runs import run_dir
 from lightning_diffusion.sample_quality import HeldOut, request_noise, sample_quality
-from lightning_diffusion.samplers import Sampler, build_sampler
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
 # What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
@@ -30,22 +32,30 @@ DenoiserFactory = Callable[[tuple[int, ...], Optional[int]], nn.Module]
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains a denoiser on the forward process of a diffusers scheduler and samples with any diffusers sampler.
+    """Trains a denoiser with a formulation of diffusion and samples it with that formulation's samplers.
+
+    The formulation is VP (DDPM's process over ``scheduler``, with ``prediction_type`` and ``loss_weighting``)
+    unless ``formulation`` names another: ``EDM`` (Karras et al. 2022) or ``FlowMatching`` (Lipman et al. 2023).
 
     Args:
-        denoiser: The network, ``forward(x_t, t, class_labels=None)``, predicting what ``prediction_type`` says: a
-            class (``class_path`` and its ``init_args`` in the config) that is called with the data's
+        denoiser: The network, ``forward(x_t, t, class_labels=None)``, predicting what the formulation trains it
+            for: a class (``class_path`` and its ``init_args`` in the config) that is called with the data's
             ``sample_shape`` and ``num_classes``, or, from Python, a built ``nn.Module``.
-        scheduler: The noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
+        scheduler: VP only: the noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
             DDPMScheduler); its own ``prediction_type`` is ignored in favour of this module's.
-        prediction_type: The training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or ``v_prediction``
-            (Salimans & Ho 2022).
-        loss_weighting: ``uniform`` (the simple loss) or ``min_snr`` (Hang et al. 2023).
-        min_snr_gamma: The gamma of min-SNR weighting.
-        sampler: Class name of the diffusers scheduler used for generation, built fresh from the training
-            scheduler's config for every call (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...).
-        sampler_kwargs: Extra config of the sampler, e.g. ``{timestep_spacing: trailing}``.
-        num_inference_steps: Sampling steps.
+        prediction_type: VP only: the training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or
+            ``v_prediction`` (Salimans & Ho 2022).
+        loss_weighting: VP only: ``uniform`` (the simple loss) or ``min_snr`` (Hang et al. 2023).
+        min_snr_gamma: VP only: the gamma of min-SNR weighting.
+        formulation: Another formulation than VP, with its own options: ``lightning_diffusion.formulations.EDM``
+            or ``lightning_diffusion.formulations.FlowMatching`` (then leave ``scheduler`` out).
+        sampler: The sampler of generation (``null``: the formulation's default). VP: any diffusers DDPM-family
+            scheduler class name (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...), built fresh from
+            the training schedule for every call, or ``ddpm``/``ddim`` (the papers' steps); EDM: ``heun``,
+            ``euler``, EDMEulerScheduler, EDMDPMSolverMultistepScheduler; FlowMatching: ``euler``, ``heun``,
+            ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
+        sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
+        num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
         guidance_scale: Classifier-free guidance scale at sampling (1: conditional, 0: unconditional).
         label_dropout: Probability of replacing a label by the null label in training (classifier-free guidance).
         optimizer: Optimizer, given the parameters.
@@ -77,13 +87,14 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         denoiser: DenoiserFactory,
-        scheduler: SchedulerMixin,
+        scheduler: Optional[SchedulerMixin] = None,
         prediction_type: PredictionType = "epsilon",
         loss_weighting: LossWeighting = "uniform",
         min_snr_gamma: float = 5.0,
-        sampler: str = "DDPMScheduler",
+        formulation: Optional[Formulation] = None,
+        sampler: Optional[str] = None,
         sampler_kwargs: Optional[dict[str, Any]] = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: Optional[int] = None,
         guidance_scale: float = 1.0,
         label_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -106,25 +117,26 @@ class DiffusionModule(L.LightningModule):
             self.save_hyperparameters()
         drop_built_objects(self.hparams)
 
+        formulation = resolve_formulation(formulation, scheduler, prediction_type, loss_weighting, min_snr_gamma)
         if not isinstance(denoiser, nn.Module):
             denoiser = denoiser(tuple(sample_shape), num_classes)
+        self.formulation = formulation
+        self.sampler_name = sampler or formulation.default_sampler
+        self.num_inference_steps = num_inference_steps or formulation.default_steps
         check_arguments(
-            denoiser, scheduler, sampler=sampler, num_inference_steps=num_inference_steps, label_dropout=label_dropout,
-            guidance_scale=guidance_scale, val_num_samples=val_num_samples, sample_metrics=sample_metrics,
-            sample_batch_size=sample_batch_size, sample_shape=tuple(sample_shape), num_classes=num_classes,
-            prediction_type=prediction_type,
+            denoiser, formulation, sampler=self.sampler_name, sampler_kwargs=dict(sampler_kwargs or {}),
+            num_inference_steps=self.num_inference_steps, label_dropout=label_dropout, guidance_scale=guidance_scale,
+            val_num_samples=val_num_samples, sample_metrics=sample_metrics, sample_batch_size=sample_batch_size,
+            sample_shape=tuple(sample_shape), num_classes=num_classes,
         )
 
         self.denoiser = denoiser
-        self.scheduler = scheduler
         self.optimizer_fn = SharedFactory(optimizer)
         self.lr_scheduler_fn = SharedFactory(lr_scheduler) if lr_scheduler is not None else None
-        self.prediction_type = prediction_type
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
         self.class_names = class_names
         self.sample_metrics = list(sample_metrics or [])  # a plain list: their networks stay out of the state_dict
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         stats_shape = (1, -1, *([1] * (len(self.sample_shape) - 1)))  # broadcasts over (B, C, ...) or (B, D)
         mean = torch.tensor(data_mean if data_mean is not None else [0.0]).view(stats_shape)
         std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
@@ -134,16 +146,8 @@ class DiffusionModule(L.LightningModule):
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: Optional[float] = None
-        self.make_sampler()  # a sampler option it lacks is one sentence now, not at the first validation
 
     # ---------------------------------------------------------------- sampling
-
-    def make_sampler(self, name: Optional[str] = None) -> Sampler:
-        """A fresh sampler (the configured one, or `name`) over the training schedule: see samplers.build_sampler."""
-        return build_sampler(
-            self.scheduler.config, name or self.hparams.sampler, self.prediction_type,
-            image_like=len(self.sample_shape) > 1, overrides=self.hparams.sampler_kwargs,
-        )
 
     def to_data_space(self, x: Tensor) -> Tensor:
         return x * self.data_std + self.data_mean
@@ -160,12 +164,14 @@ class DiffusionModule(L.LightningModule):
         callback: Optional[StepCallback] = None,
         data_space: bool = True,
         noise: Optional[Tensor] = None,
+        sampler_kwargs: Optional[dict[str, Any]] = None,
     ) -> Tensor:
         """Generate `num_samples` samples (in data space unless `data_space=False`).
 
-        `sampler`, `num_inference_steps` and `guidance_scale` override the configured ones for this call;
-        `generator` (a CPU generator) makes the result reproducible, as does a given x_T `noise`; conditional
-        models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every step.
+        `sampler`, `sampler_kwargs`, `num_inference_steps` and `guidance_scale` override the configured ones for this
+        call; `generator` (a CPU generator) makes the result reproducible, as does a given standard normal `noise`;
+        conditional models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every
+        step, with t the formulation's time (VP: the timestep, EDM: sigma, flow matching: t in [0, 1]).
         """
         labels = sample_labels(num_samples, class_labels, self.num_classes, self.device)
         if noise is None:
@@ -174,16 +180,14 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            x0 = diffusion.sample(
-                self.denoiser,
-                self.make_sampler(sampler),
-                noise,
-                num_inference_steps or self.hparams.num_inference_steps,
-                class_labels=labels,
+            net = partial(
+                diffusion.guided_output, self.denoiser, class_labels=labels, null_label=self.num_classes,
                 guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
-                null_label=self.num_classes,
-                generator=generator,
-                callback=callback,
+            )
+            options = self.hparams.sampler_kwargs if sampler_kwargs is None else sampler_kwargs
+            x0 = self.formulation.sample(
+                net, noise, sampler or self.sampler_name, num_inference_steps or self.num_inference_steps,
+                dict(options or {}), generator=generator, callback=callback, image_like=len(self.sample_shape) > 1,
             )
         finally:
             self.train(was_training)
@@ -211,9 +215,23 @@ class DiffusionModule(L.LightningModule):
                 check_held_out(self.hparams.val_num_samples, len(loader.dataset), str(getattr(stage, "value", stage)))
         if stage == "fit":
             seed_rank_streams(self.trainer.world_size, self.global_rank)
+            self.formulation.calibrate(self._training_samples)  # EDM measures sigma_data, unless given or resumed
         if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
             # held outside the module tree, so that the state_dict has no "_orig_mod." names
             object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
+
+    def _training_samples(self, num_samples: int = 1024) -> Tensor:
+        """Up to `num_samples` training samples in model space, evenly spread over the training set (the same on
+        every rank, so that what a formulation measures on them agrees)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError(
+                f"{type(self.formulation).__name__} measures the data on the datamodule's training set, but this fit "
+                "has no datamodule: give the measured value (e.g. EDM's sigma_data) or fit with a datamodule."
+            )
+        dataset = datamodule.train_dataloader().dataset
+        index = torch.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).long().tolist()
+        return self._unpack(default_collate([dataset[i] for i in index]))[0].to(self.device)
 
     def _unpack(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
         if isinstance(batch, dict):
@@ -234,21 +252,8 @@ class DiffusionModule(L.LightningModule):
     def _loss(
         self, x0: Tensor, y: Optional[Tensor], generator: Optional[torch.Generator] = None, denoiser: Optional[nn.Module] = None
     ) -> Tensor:
-        t = eps = None
-        if generator is not None:  # fixed t and eps: a validation loss comparable across epochs
-            t = torch.randint(0, self.alphas_cumprod.numel(), (x0.shape[0],), generator=generator).to(self.device)
-            eps = torch.randn(x0.shape, generator=generator).to(self.device)
-        return diffusion.diffusion_loss(
-            self.denoiser if denoiser is None else denoiser,
-            x0,
-            self.alphas_cumprod,
-            self.prediction_type,
-            self.hparams.loss_weighting,
-            self.hparams.min_snr_gamma,
-            class_labels=y,
-            t=t,
-            eps=eps,
-        )
+        """The formulation's loss; with `generator`, fixed times and noise: a validation loss comparable across epochs."""
+        return self.formulation.loss(self.denoiser if denoiser is None else denoiser, x0, y, generator)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
@@ -327,3 +332,27 @@ class DiffusionModule(L.LightningModule):
         if isinstance(hparams.get("denoiser"), dict):  # built by the CLI: rebuild it from the upgraded config
             kwargs.setdefault("denoiser", hparams["denoiser"])
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+
+def resolve_formulation(
+    formulation: Optional[Formulation], scheduler: Optional[SchedulerMixin], prediction_type: PredictionType,
+    loss_weighting: LossWeighting, min_snr_gamma: float,
+) -> Formulation:
+    """The model's formulation: the one given, or VP over `scheduler` (the arguments of DDPM runs and checkpoints)."""
+    if formulation is None:
+        if scheduler is None:
+            raise ValueError(
+                "The model has neither a scheduler (the VP/DDPM formulation) nor a formulation: give model.scheduler, "
+                "or model.formulation (e.g. lightning_diffusion.formulations.EDM), or --config configs/<experiment>.yaml."
+            )
+        return VP(scheduler, prediction_type, loss_weighting, min_snr_gamma)
+    vp_options = {"scheduler": scheduler is not None, "prediction_type": prediction_type != "epsilon",
+                  "loss_weighting": loss_weighting != "uniform", "min_snr_gamma": min_snr_gamma != 5.0}
+    given = [name for name, set_ in vp_options.items() if set_]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the default VP formulation, "
+            f"but the model's formulation is {type(formulation).__name__}: remove {'it' if len(given) == 1 else 'them'}"
+            " (a VP formulation takes them among its own init_args)."
+        )
+    return formulation

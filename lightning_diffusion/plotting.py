@@ -101,7 +101,7 @@ def image_grid(images: Tensor, nrow: int, padding: int = 2) -> Tensor:
     return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
 
 
-def progression_figure(frames: Sequence[tuple[int, Tensor, Tensor]], title: str = "") -> Figure:
+def progression_figure(frames: Sequence[tuple[float, Tensor, Tensor]], title: str = "") -> Figure:
     """The denoising progression of a few images: for each (t, x_t, x0_pred) a column; for each image two rows,
     the sample x_t and the prediction of x0 at that step (all in [0, 1], (K, C, H, W))."""
     num_images, columns = frames[0][1].shape[0], len(frames)
@@ -116,7 +116,7 @@ def progression_figure(frames: Sequence[tuple[int, Tensor, Tensor]], title: str 
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if k == 0 and row == 0:
-                    ax.set_title(f"t={int(t)}", fontsize=8)
+                    ax.set_title(f"t={float(t):.3g}", fontsize=8)  # the timestep, sigma or flow time
                 if col == 0:
                     ax.set_ylabel(name, fontsize=7)
     if title:

@@ -32,9 +32,11 @@ def sampler_class(name: str) -> type[SchedulerMixin]:
     return cls
 
 
-def check_options(cls: type, options: dict[str, Any], what: str) -> None:
-    """One sentence naming the first option that `cls` does not take (diffusers drops unknown keys silently)."""
-    accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")]
+def check_options(cls: Any, options: dict[str, Any], what: str) -> None:
+    """One sentence naming the first option that `cls` (a class, or a function listing a sampler's options) does not
+    take (diffusers drops unknown keys silently)."""
+    signature = inspect.signature(cls.__init__ if isinstance(cls, type) else cls)
+    accepted = [name for name in signature.parameters if name not in ("self", "kwargs")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         close = difflib.get_close_matches(unknown[0], accepted, n=1)

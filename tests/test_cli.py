@@ -41,9 +41,17 @@ def test_help_shows_every_option_with_its_docstring(run_cli, capsys):
         main(["fit", "--model.help", "DiffusionModule"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ["--model.prediction_type", "--model.sampler", "--model.val_num_samples", "--model.sample_metrics"]:
+    for option in ["--model.prediction_type", "--model.formulation", "--model.sampler", "--model.val_num_samples",
+                   "--model.sample_metrics"]:
         assert option in text
-    assert "Class name of the diffusers scheduler used for generation" in text
+    assert "The sampler of generation" in text
+    with pytest.raises(SystemExit) as exit_info:  # a formulation's own options: `--model.formulation.help EDM`
+        main(["fit", "--model.formulation.help", "lightning_diffusion.formulations.EDM"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ["--formulation.sigma_data", "--formulation.P_mean",
+                   "Mean of ln(sigma) in training"]:
+        assert option in text
 
 
 def test_print_config_shows_linked_model(run_cli, capsys):

@@ -11,6 +11,7 @@ from lightning_diffusion.checks import sample_labels
 from lightning_diffusion.callbacks.ema import warmup_decay
 from lightning_diffusion.callbacks.trajectory import forward_frames
 from lightning_diffusion.denoisers import MLPDenoiser
+from lightning_diffusion.formulations import VP
 from lightning_diffusion.plotting import scatter_figure, trajectory_figure
 
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
@@ -102,7 +103,7 @@ def test_ema_decay_warms_up():
 def test_forward_frames_follow_q_sample():
     x0 = torch.randn(100, 2)
     eps = torch.randn(100, 2)
-    frames = forward_frames(x0, eps, SCHEDULER.alphas_cumprod, [0, 500, 999])
+    frames = forward_frames(VP(SCHEDULER), x0, eps, [0.0, 0.5, 0.999])
     assert [t for t, _ in frames] == [0, 500, 999]
     a = SCHEDULER.alphas_cumprod[500]
     assert torch.allclose(frames[1][1], a.sqrt() * x0 + (1 - a).sqrt() * eps)
@@ -123,7 +124,8 @@ def test_plots_are_pure_figures():
         assert tuple(tracked.get_facecolor()[0][:3]) == pytest.approx((0.17254902, 0.62745098, 0.17254902))
 
 
-@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                  "ddpm", "ddim"])
 def test_samplers_keep_the_training_clip(name):
     """With clip_sample, every sampler that can clip lands on the clip boundary for a point mass outside [-1, 1]:
     DPM-Solver/UniPC through thresholding capped at 1, DDIM through the eps of the clipped x0 (with the raw eps its
@@ -138,9 +140,10 @@ def test_samplers_keep_the_training_clip(name):
 
 def test_clip_carry_over_is_overridable():
     clipped = DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(clip_sample=True), sample_shape=(1, 4, 4))
-    sampler = clipped.make_sampler("DPMSolverMultistepScheduler").scheduler
+    sampler = clipped.formulation.make_sampler("DPMSolverMultistepScheduler", None, image_like=True).scheduler
     assert sampler.config.thresholding and sampler.config.sample_max_value == 1.0
-    assert not DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,)).make_sampler(
-        "DPMSolverMultistepScheduler").scheduler.config.thresholding  # no clip to carry (the 2D configs)
-    clipped.hparams.sampler_kwargs = {"thresholding": False}  # a config's own choice wins
-    assert not clipped.make_sampler("DPMSolverMultistepScheduler").scheduler.config.thresholding
+    assert not VP(SCHEDULER).make_sampler(
+        "DPMSolverMultistepScheduler", None, image_like=False).scheduler.config.thresholding  # no clip to carry (2D)
+    # a config's own choice wins
+    assert not clipped.formulation.make_sampler("DPMSolverMultistepScheduler", {"thresholding": False},
+                                                image_like=True).scheduler.config.thresholding

@@ -198,9 +198,9 @@ def test_export_keeps_the_prediction_type(tmp_path, fake_mnist_root):
     folder = export(ckpt, tmp_path / "export")
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     model = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
-    assert model.prediction_type == "v_prediction"
-    assert scheduler.config.prediction_type == model.prediction_type
-    assert json.loads((folder / "lightning_diffusion.json").read_text())["prediction_type"] == model.prediction_type
+    assert model.formulation.prediction_type == "v_prediction"
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert json.loads((folder / "lightning_diffusion.json").read_text())["prediction_type"] == "v_prediction"
     g = torch.Generator().manual_seed(0)
     x_t, v, t = 0.2 * torch.randn(1, 1, 32, 32, generator=g), 0.2 * torch.randn(1, 1, 32, 32, generator=g), 600  # |x0| < 1: unclipped
     a = scheduler.alphas_cumprod[t]

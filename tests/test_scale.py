@@ -121,7 +121,7 @@ def test_bf16_mixed_on_cpu_trains(run_cli, tmp_path):
     assert cli.trainer.precision == "bf16-mixed"
     loss = pd.read_csv(next((tmp_path / "outputs").rglob("metrics.csv")))["train/loss"].dropna().to_numpy()
     assert torch.isfinite(torch.tensor(loss)).all() and loss[-5:].mean() < 0.8 * loss[:5].mean()
-    assert cli.model.alphas_cumprod.dtype == torch.float32  # the schedule math stays in float32
+    assert cli.model.formulation.alphas_cumprod.dtype == torch.float32  # the schedule math stays in float32
 
 
 @pytest.mark.slow

@@ -22,6 +22,9 @@ FRAGMENT_BASES = {
     "trainer/ddp.yaml": "mnist_cond.yaml",
     **{f"experiments/exp_002/{name}.yaml": "moons.yaml" for name in
        ("eps_min_snr", "eps_uniform", "v_min_snr", "v_uniform", "x0_min_snr", "x0_uniform")},
+    "experiments/exp_003/moons_vp.yaml": "moons.yaml",
+    "experiments/exp_003/moons_edm.yaml": "moons_edm.yaml",
+    "experiments/exp_003/moons_flow.yaml": "moons_flow.yaml",
 }
 
 

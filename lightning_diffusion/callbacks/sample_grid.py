@@ -58,14 +58,14 @@ class SampleGrid(Callback):
             generator = torch.Generator().manual_seed(self.seed)
             self._noise = torch.randn((num_samples, *pl_module.sample_shape), generator=generator)
 
-        steps = pl_module.hparams.num_inference_steps
+        steps = pl_module.num_inference_steps
         keep = set(evenly_spaced(steps, self.progression_steps)) if self.progression_steps else set()
-        frames: list[tuple[int, Tensor, Tensor]] = []
+        frames: list[tuple[float, Tensor, Tensor]] = []
 
         def capture(i: int, t: Tensor, x_t: Tensor, x0_pred: Tensor) -> None:
             if i in keep:
                 k = self.progression_images
-                frames.append((int(t), pl_module.to_data_space(x_t[:k]), pl_module.to_data_space(x0_pred[:k])))
+                frames.append((float(t), pl_module.to_data_space(x_t[:k]), pl_module.to_data_space(x0_pred[:k])))
 
         samples = pl_module.sample(
             num_samples, class_labels=labels, noise=self._noise, callback=capture,

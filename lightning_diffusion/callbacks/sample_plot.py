@@ -27,6 +27,6 @@ class SamplePlot(Callback):
             return
         real = real_points(trainer, self.num_samples).to(pl_module.device)
         generated = pl_module.sample(len(real), generator=torch.Generator().manual_seed(self.seed))
-        sampler = f"{pl_module.hparams.sampler}, {pl_module.hparams.num_inference_steps} steps"
+        sampler = f"{pl_module.sampler_name}, {pl_module.num_inference_steps} steps"
         fig = scatter_figure(pl_module.to_data_space(real), generated, f"epoch {trainer.current_epoch} ({sampler})")
         log_figure(trainer, "plots/samples", fig, f"samples_epoch={trainer.current_epoch:04d}.png")

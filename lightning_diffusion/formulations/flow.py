@@ -1,0 +1,138 @@
+"""Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023) in the notation of Esser et al. 2024 (SD3):
+x_t = (1 - t) x0 + t eps for t in [0, 1], the network predicts the velocity v = eps - x0, and sampling integrates
+dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
+from torch import Tensor, nn
+
+from lightning_diffusion import diffusion
+from lightning_diffusion.diffusion import StepCallback
+from lightning_diffusion.formulations.base import Formulation, Net
+
+NETWORK_TIME = 1000.0  # the network sees 1000 t, the timesteps of diffusers' FlowMatch schedulers
+
+
+def time_grid(num_steps: int, shift: float = 1.0) -> list[float]:
+    """t from 1 to 0 in `num_steps` uniform steps, shifted towards noise by t' = shift t / (1 + (shift - 1) t)
+    (Esser et al. 2024, eq. 23; shift 1: uniform)."""
+    return [shift * t / (1 + (shift - 1) * t) for t in (1 - i / num_steps for i in range(num_steps + 1))]
+
+
+def ode_sampler(
+    velocity: Callable[[Tensor, float], Tensor], noise: Tensor, times: list[float], method: str = "euler",
+    callback: Optional[StepCallback] = None,
+) -> Tensor:
+    """Integrates dx/dt = v(x, t) over `times` (decreasing, 1 to 0) with Euler's method (1 evaluation per step),
+    Heun's (the trapezoid of the two ends' velocities, 2; the last step 1) or the explicit midpoint rule (2)."""
+    x = noise.float()
+    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+        dt = t_next - t
+        v = velocity(x, t)
+        x0 = x - t * v  # x_t - t v = x0, for the exact v
+        if method == "euler":
+            x = x + dt * v
+        elif method == "heun" and t_next > 0:
+            x = x + dt * (v + velocity(x + dt * v, t_next)) / 2
+        elif method == "heun":  # the last step, to t = 0, is Euler's (as EDM's Heun and diffusers' FlowMatchHeun)
+            x = x + dt * v
+        else:  # midpoint
+            x = x + dt * velocity(x + dt / 2 * v, t + dt / 2)
+        if callback is not None:
+            callback(i, torch.tensor(t_next), x, x0)
+    return x
+
+
+def euler(shift: float = 1.0) -> None:
+    """Options of the `euler`, `heun` and `midpoint` samplers: the time shift of the grid (1: uniform in t)."""
+
+
+class FlowMatching(Formulation):
+    """Conditional flow matching with the straight (rectified-flow) path between data and noise.
+
+    Args:
+        time_distribution: Training times: ``uniform`` on [0, 1] (Liu et al. 2023) or ``logit_normal``,
+            t = sigmoid(m + s n) with n ~ N(0, 1), which trains the middle times most (Esser et al. 2024, sec. 3.1).
+        logit_mean: m of the logit-normal times.
+        logit_std: s of the logit-normal times.
+        shift: Default time shift of the samplers (``sampler_kwargs: {shift: ...}`` overrides it per call).
+    """
+
+    own_samplers = ("euler", "heun", "midpoint")
+    diffusers_samplers = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+    default_sampler = "euler"
+    default_steps = 50
+
+    def __init__(
+        self,
+        time_distribution: Literal["uniform", "logit_normal"] = "logit_normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        shift: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if time_distribution not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_distribution must be 'uniform' or 'logit_normal', got {time_distribution!r}.")
+        if shift <= 0:
+            raise ValueError(f"shift must be positive, got {shift}.")
+        self.time_distribution, self.logit_mean, self.logit_std, self.shift = time_distribution, logit_mean, logit_std, shift
+
+    def training_times(self, n: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        if self.time_distribution == "uniform":
+            u = torch.rand(n, generator=generator) if generator is not None else torch.rand(n, device=device)
+            return u.to(device)
+        z = torch.randn(n, generator=generator) if generator is not None else torch.randn(n, device=device)
+        return torch.sigmoid(self.logit_mean + self.logit_std * z.to(device))
+
+    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Optional[Tensor] = None,
+             generator: Optional[torch.Generator] = None) -> Tensor:
+        x0 = x0.float()
+        t = self.training_times(x0.shape[0], generator, x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        t_ = diffusion.expand_like(t, x0)
+        x_t = (1 - t_) * x0 + t_ * eps
+        output = denoiser(x_t, NETWORK_TIME * t, class_labels).float()
+        return (output - (eps - x0)).pow(2).flatten(1).mean(1).mean()
+
+    # ------------------------------------------------------------ sampling
+
+    def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
+        return euler
+
+    def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
+               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
+               image_like: bool = False) -> Tensor:
+        if sampler in self.own_samplers:
+            times = time_grid(num_inference_steps, float(sampler_kwargs.get("shift", self.shift)))
+
+            def velocity(x: Tensor, t: float) -> Tensor:
+                return net(x, x.new_full((x.shape[0],), NETWORK_TIME * t)).float()
+
+            return ode_sampler(velocity, noise, times, sampler, callback)
+        made = self.diffusers_sampler(sampler, sampler_kwargs, image_like)
+
+        def to_x0(v: Tensor, x_t: Tensor, timestep: Tensor) -> Tensor:
+            return x_t - timestep / NETWORK_TIME * v
+
+        def to_t(i: int, timestep: Tensor, x: Tensor, x0: Tensor) -> None:  # the callback sees t in [0, 1]
+            callback(i, timestep / NETWORK_TIME, x, x0)
+
+        return diffusion.sample(net, made, noise, num_inference_steps, generator, to_t if callback else None, to_x0)
+
+    def diffusers_config(self, cls: type[SchedulerMixin]) -> dict[str, Any]:
+        return {"num_train_timesteps": int(NETWORK_TIME), "shift": self.shift}
+
+    def diffusers_scheduler(self) -> SchedulerMixin:
+        return FlowMatchEulerDiscreteScheduler(**self.diffusers_config(FlowMatchEulerDiscreteScheduler))
+
+    # ------------------------------------------------------------ plots
+
+    def progress(self, time: float) -> float:
+        return float(time)
+
+    def noised(self, x0: Tensor, eps: Tensor, progress: float) -> Tensor:
+        return (1 - progress) * x0 + progress * eps
