@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import diffusers
 from diffusers import SchedulerMixin
@@ -32,11 +32,11 @@ def sampler_class(name: str) -> type[SchedulerMixin]:
     return cls
 
 
-def check_options(cls: Any, options: dict[str, Any], what: str) -> None:
+def check_options(cls: Any, options: dict[str, Any], what: str, also: Sequence[str] = ()) -> None:
     """One sentence naming the first option that `cls` (a class, or a function listing a sampler's options) does not
-    take (diffusers drops unknown keys silently)."""
+    take, nor any of `also` (diffusers drops unknown keys silently)."""
     signature = inspect.signature(cls.__init__ if isinstance(cls, type) else cls)
-    accepted = [name for name in signature.parameters if name not in ("self", "kwargs")]
+    accepted = [name for name in signature.parameters if name not in ("self", "kwargs")] + list(also)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         close = difflib.get_close_matches(unknown[0], accepted, n=1)

@@ -257,6 +257,11 @@ def test_a_formulation_refuses_what_belongs_to_another():
         module(EDM(), EDMOracle(0.5), "heun", sampler_kwargs={"S_chur": 10})
     with pytest.raises(ValueError, match="sampler_kwargs of ddim has no option 'etta'"):
         DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(), sampler="ddim", sampler_kwargs={"etta": 1})
+    with pytest.raises(ValueError, match="EDMEulerScheduler has no option 's_chrn' \\(did you mean 's_churn'\\?\\)"):
+        module(EDM(), EDMOracle(0.5), "EDMEulerScheduler", sampler_kwargs={"s_chrn": 10})  # a step option misspelt
+    unfit = module(EDM(), EDMOracle(0.5), "EDMEulerScheduler", sampler_kwargs={"s_churn": 10})
+    with pytest.raises(ValueError, match="EDM's sigma_data is not known yet"):  # not NaN samples
+        unfit.sample(2)
 
 
 @pytest.mark.parametrize("formulation", [VP(DDPMScheduler()), EDM(sigma_data=1.0), FlowMatching()], ids=["vp", "edm", "flow"])

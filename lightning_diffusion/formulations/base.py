@@ -65,9 +65,11 @@ class Formulation(nn.Module):
         """A fresh diffusers scheduler for this formulation, its options split between its config and its step."""
         cls = sampler_class(name)
         step_parameters = inspect.signature(cls.step).parameters
-        step_kwargs = {k: v for k, v in sampler_kwargs.items() if k in step_parameters and k != "generator"}
+        step_options = [k for k in step_parameters if k not in ("self", "model_output", "timestep", "sample",
+                                                                 "generator", "return_dict", "pred_original_sample")]
+        step_kwargs = {k: v for k, v in sampler_kwargs.items() if k in step_options}
         config = {k: v for k, v in sampler_kwargs.items() if k not in step_kwargs}
-        check_options(cls, config, f"sampler_kwargs of {name}")
+        check_options(cls, sampler_kwargs, f"sampler_kwargs of {name}", also=step_options)
         scheduler = cls(**{**self.diffusers_config(cls), **config})
         return Sampler(scheduler, step_kwargs, "generator" in step_parameters)
 

@@ -141,6 +141,11 @@ class EDM(Formulation):
     def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
                generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
                image_like: bool = False) -> Tensor:
+        if torch.isnan(self.sigma_data):  # one host sync per call
+            raise ValueError(
+                "EDM's sigma_data is not known yet (it is measured when the fit starts): fit the model first, or give "
+                "sigma_data."
+            )
         if sampler in self.own_samplers:
             sigmas = karras_sigmas(num_inference_steps, self.sigma_min, self.sigma_max, self.rho)
             return edm_sampler(lambda x, s: self.denoise(net, x, s), noise, sigmas, heun=sampler == "heun",
