@@ -1,25 +1,23 @@
-"""Sample quality and wall time of diffusers samplers on a trained 2D checkpoint.
+"""Sample quality and wall time of samplers on a trained 2D checkpoint: a table made by `lightning_diffusion.evaluate`.
 
     python benchmarks/samplers_2d.py --ckpt outputs/moons/version_0/checkpoints/last.ckpt
 
-Prints a table of sliced Wasserstein distance (model space, against held-out points from the checkpoint's own
-data config) and its real-vs-real floor, and appends it with the command and the machine to notes/benchmarks.md.
+Evaluates the standard sampler set (or --samplers NAME:STEPS ...) with evaluate: sliced Wasserstein distance in model
+space against held-out points of the checkpoint's own data config, its floor from independent draws of the data
+distribution, mean ± standard deviation over --num_seeds sample seeds. Prints the table with each SWD's ratio to the
+first sampler's, and appends it with the command and the machine to notes/benchmarks.md; evaluate's folder
+(results.csv, the plots) lies beside the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
-
-import torch
-import yaml
 
 from report import publish
 
-from lightning_diffusion import DiffusionModule
-from lightning_diffusion.data import Toy2DDataModule
-from lightning_diffusion.metrics import sliced_wasserstein
+from lightning_diffusion import evaluate
+from lightning_diffusion.eval_report import read_rows
 
 SAMPLERS = [
     ("DDPMScheduler", 1000),
@@ -37,43 +35,48 @@ def parse_samplers(pairs: list[str] | None) -> list[tuple[str, int]]:
     return [(pair.split(":")[0], int(pair.split(":")[1])) for pair in pairs] if pairs else SAMPLERS
 
 
-def held_out(ckpt: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent held-out samples of size n from the data config saved beside the checkpoint."""
-    config = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text())["data"]["init_args"]
-    data = Toy2DDataModule(**{**config, "num_val_samples": 2 * n})
-    val = data._splits["val"][0]
-    return val[:n], val[n:]
+def run_evaluate(ckpt: Path, samplers: list[tuple[str, int]], options: list[str]) -> tuple[list[dict], Path]:
+    """evaluate's rows for these (sampler, steps) cells, in their order, and its folder."""
+    parser = evaluate.make_parser()
+    args = parser.parse_args(["--runs", str(ckpt), "--cells", *[f"{name}:{steps}" for name, steps in samplers],
+                              "--progress", "false", *options])
+    folder = evaluate.evaluate(args, parser, "benchmarks: " + " ".join(["--runs", str(ckpt), *options]))
+    _, rows = read_rows(folder / "results.csv")
+    by_cell = {(row["sampler"], row["steps"]): row for row in rows}
+    return [by_cell[cell] for cell in samplers], folder
+
+
+def spread(row: dict, name: str, digits: int) -> str:
+    std = row.get(f"{name}_std")
+    return f"{row[name]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--num_samples", type=int, default=2000)
+    parser.add_argument("--num_seeds", type=int, default=3, help="sample seeds per sampler: the ± spread")
     parser.add_argument("--samplers", nargs="*", default=None, help="NAME:STEPS pairs (default: the standard set)")
+    parser.add_argument("--output_dir", default=None, help="evaluate's --output_dir (default: beside the run)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
     samplers = parse_samplers(args.samplers)
+    options = ["--num_samples", str(args.num_samples), "--num_seeds", str(args.num_seeds)]
+    rows, folder = run_evaluate(args.ckpt, samplers, options + (["--output_dir", args.output_dir] if args.output_dir else []))
 
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    model = DiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")
-    real_a, real_b = held_out(args.ckpt, args.num_samples)
-    floor = sliced_wasserstein(real_b, real_a).item()
-    rows = [f"| real vs real (floor) | - | {floor:.4f} | 1.00 | - | - |"]
-    reference = None  # the SWD of the first sampler (DDPM 1000 in the standard set), the issue's yardstick
-    for name, steps in samplers:
-        start = time.perf_counter()
-        x = model.sample(args.num_samples, sampler=name, num_inference_steps=steps,
-                         generator=torch.Generator().manual_seed(0), data_space=False)
-        seconds = time.perf_counter() - start
-        swd = sliced_wasserstein(x, real_a).item()
-        reference = swd if reference is None else reference
-        rows.append(f"| {name} | {steps} | {swd:.4f} | {swd / floor:.2f} | {swd / reference:.2f} | {seconds:.2f} |")
+    reference = rows[0]["swd"]  # the first sampler's SWD (DDPM 1000 in the standard set), the yardstick
+    floor = rows[0]
+    lines = [f"| real vs real (floor) | - | {spread(floor, 'swd_floor', 4)} | 1.00 | - | - | - |"]
+    for row in rows:
+        lines.append(f"| {row['sampler']} | {row['steps']} | {spread(row, 'swd', 4)} | {spread(row, 'swd_ratio', 2)} | "
+                     f"{row['swd'] / reference:.2f} | {row['nfe']} | {row['seconds'] / row['seeds']:.2f} |")
     first = f"{samplers[0][0]} {samplers[0][1]}"
     table = "\n".join([
-        f"| sampler | steps | SWD | SWD / floor | SWD / {first}'s | seconds |", "| --- | --- | --- | --- | --- | --- |",
-        *rows,
+        f"| sampler | steps | SWD | SWD / floor | SWD / {first}'s | NFE | seconds per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- |", *lines,
     ])
-    details = f"{args.num_samples} samples, SWD in the standardized space."
+    details = (f"{args.num_samples} samples, SWD in the standardized space, mean ± standard deviation over "
+               f"{args.num_seeds} sample seeds (the floor ± the spread of its independent draws); {folder}.")
     return publish("2D samplers", argv, details, table, args.notes)
 
 

@@ -2,19 +2,23 @@
 noise of `predict`'s requested samples.
 
 Each rank keeps 2m held-out samples (m = val_num_samples / world size): the first m are compared with m samples it
-generates with the same class proportions, the other m give the real-vs-real floor. The samples of all ranks are
-gathered before any metric, so every rank computes, and logs, the global value.
+generates with the same class proportions. The real-vs-real floor compares them with sets drawn as an exact model
+would sample: FLOOR_DRAWS independent draws of the data distribution where the datamodule can make them
+(`independent_draws`, the 2D data), else the other m held-out samples. The samples of all ranks are gathered before
+any metric, so every rank computes, and logs, the global value.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from lightning_diffusion.metrics import distribution_metrics
+
+FLOOR_DRAWS = 8  # independent real sets whose mean distance is the floor (metrics.floor_metrics says why)
 
 
 class HeldOut:
@@ -38,16 +42,32 @@ class HeldOut:
         return (torch.cat(points) if points else None), (torch.cat(labels) if labels else None)
 
 
+def sample_batches(
+    module: L.LightningModule, num_samples: int, batch_size: Optional[int], labels: Optional[Tensor],
+    generator: torch.Generator, **options: Any,
+) -> Iterator[Tensor]:
+    """`num_samples` samples in model space, `batch_size` at a time (None: all at once), with the class `labels`, all
+    drawn from one `generator`; `options` go to `module.sample` (sampler, num_inference_steps, guidance_scale)."""
+    chunk = batch_size or max(num_samples, 1)
+    for start in range(0, num_samples, chunk):
+        yield module.sample(min(chunk, num_samples - start), generator=generator, data_space=False,
+                            class_labels=None if labels is None else labels[start : start + chunk], **options)
+
+
 def generate(module: L.LightningModule, num_samples: int, labels: Optional[Tensor]) -> Tensor:
     """`num_samples` samples (model space) with the class `labels`, in chunks of `sample_batch_size`; each rank its
     own noise (the seed offset by the rank), the same at every evaluation."""
     generator = torch.Generator().manual_seed(module.hparams.sample_seed + 7919 * module.global_rank)
-    chunk = module.hparams.sample_batch_size or max(num_samples, 1)
-    return torch.cat([
-        module.sample(min(chunk, num_samples - start), generator=generator, data_space=False,
-                      class_labels=None if labels is None else labels[start : start + chunk])
-        for start in range(0, num_samples, chunk)
-    ])
+    return torch.cat(list(sample_batches(module, num_samples, module.hparams.sample_batch_size, labels, generator)))
+
+
+def floor_sets(datamodule: Any, real: Tensor, real_floor: Optional[Tensor], labels: Optional[Tensor]) -> list[Tensor]:
+    """The sets the floor compares with `real`: FLOOR_DRAWS independent draws of the data distribution with the
+    classes `labels` where `datamodule` makes them, else the held-out `real_floor`."""
+    draw = getattr(datamodule, "independent_draws", None)
+    if draw is None:
+        return [real_floor]
+    return [x.to(real.device) for x in draw(len(real), FLOOR_DRAWS, labels)]
 
 
 def request_noise(indices: Tensor, seed: int, sample_shape: tuple[int, ...]) -> tuple[Tensor, torch.Generator]:
@@ -72,7 +92,8 @@ def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Ten
         return module.all_gather(x).flatten(0, 1) if x is not None and trainer.world_size > 1 else x
 
     real_a, real_b, generated, labels_a, labels_b = map(gather, (real_a, real_b, generated, labels_a, labels_b))
-    metrics = distribution_metrics(generated, real_a, real_b)
+    floors = floor_sets(getattr(trainer, "datamodule", None), real_a, real_b, labels_a)
+    metrics = distribution_metrics(generated, real_a, floors)
     if module.sample_metrics:  # in data space, where images are in [0, 1]
         images = [module.to_data_space(x).float() for x in (generated, real_a, real_b)]
         for metric in module.sample_metrics:

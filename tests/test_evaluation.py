@@ -69,7 +69,7 @@ def test_inception_metrics_from_a_local_weights_file(random_inception_weights):
     floor = torch.rand(8, 1, 28, 28)
     metric = InceptionMetrics(weights_path=str(random_inception_weights), batch_size=5, kid_subset_size=4)
     same = metric.evaluate(real, real, floor)
-    assert set(same) == {"fid", "fid_floor", "kid"}
+    assert set(same) == {"fid", "fid_floor", "kid", "kid_floor"}
     different = metric.evaluate(torch.zeros_like(real) + 0.5, real, floor)
     assert abs(same["fid"].item()) < 1e-3 * different["fid"].item()
     assert different["fid"].item() > same["fid_floor"].item() > 0

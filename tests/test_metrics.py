@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from lightning_diffusion.metrics import sliced_wasserstein
@@ -52,3 +54,67 @@ def test_mmd_shifted_gaussians_closed_form():
     expected = 2 * (b**2 / (b**2 + 2 * s**2)) ** (d / 2) * (1 - math.exp(-mu.pow(2).sum().item() / (2 * (b**2 + 2 * s**2))))
     value = mmd_rbf(torch.randn(3000, d) * s, torch.randn(3000, d) * s + mu, bandwidth=b).item()
     assert abs(value - expected) < 0.01, (value, expected)
+
+
+def test_blocked_mmd_equals_the_whole_kernel_matrix():
+    from lightning_diffusion.metrics import mmd_rbf
+
+    torch.manual_seed(4)
+    x, y = torch.randn(300, 2), torch.randn(200, 2) + 0.3
+    k = lambda a, b: torch.exp(-0.5 * torch.cdist(a, b).pow(2))  # noqa: E731 - bandwidth 1
+    whole = (k(x, x).sum() - 300) / (300 * 299) + (k(y, y).sum() - 200) / (200 * 199) - 2 * k(x, y).mean()
+    assert mmd_rbf(x, y, block=64).item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_independent_draws_follow_the_asked_classes():
+    import numpy as np
+
+    from lightning_diffusion.data.toy2d import draw_toy2d
+
+    labels = np.arange(2000) % 2
+    for name in ("moons", "circles", "8gaussians", "checkerboard"):
+        k = 8 if name == "8gaussians" else 2
+        points, drawn = draw_toy2d(name, 2000, 0.0, np.random.RandomState(0), labels % k)
+        assert (drawn == labels % k).all()
+        if name == "moons":  # moon 0: the upper arc around (0, 0); moon 1: the lower one around (1, 0.5)
+            assert (points[labels == 0, 1] >= -1e-9).all() and (points[labels == 1, 1] <= 0.5 + 1e-9).all()
+        if name == "circles":  # class 0 on the unit circle, class 1 on the circle of radius 0.5
+            radius = np.linalg.norm(points, axis=1)
+            assert np.allclose(radius[labels == 0], 1.0) and np.allclose(radius[labels == 1], 0.5)
+        if name == "checkerboard":  # the label is the parity of the column
+            assert (np.floor(points[:, 0]) % 2 == labels % 2).all()
+    angles = np.sort(np.arctan2(*draw_toy2d("circles", 4000, 0.0, np.random.RandomState(1))[0].T[::-1]))
+    assert np.histogram(angles, bins=8)[0].min() > 400  # uniform angles: 500 per bin expected
+    gaps = np.diff(angles)  # drawn, not spaced evenly as sklearn's: the gaps of uniform draws vary (about exponentially)
+    assert gaps.std() > 0.5 * gaps.mean()
+
+
+def test_exact_samples_score_a_mean_swd_ratio_of_one():
+    """A model that samples the data distribution exactly: its SWD over the floor of sample_quality (the mean of
+    FLOOR_DRAWS independent draws against the same held-out points) is 1 within two standard errors. Sixty held-out
+    sets (each a fresh validation split of the moons data) with three exact sample sets each; the standard error is
+    that of the sixty per-set means. Samples shifted by two noise standard deviations score far above 1."""
+    import numpy as np
+
+    from lightning_diffusion.data.toy2d import Toy2DDataModule, draw_toy2d
+    from lightning_diffusion.metrics import distribution_metrics, floor_metrics
+    from lightning_diffusion.sample_quality import floor_sets
+
+    n, per_set = 250, 3
+    exact, shifted = [], []
+    for k in range(60):
+        data = Toy2DDataModule(num_samples=2000, num_val_samples=n, seed=k)
+        real = data.splits["val"].tensors[0]
+        floors = floor_metrics(real, floor_sets(data, real, None, None))
+        mean, std = (s.numpy() for s in data._splits["stats"])
+
+        def ratio(shift: float, j: int) -> float:
+            points, _ = draw_toy2d("moons", n, 0.05, np.random.RandomState([k, 100, j]))
+            model = torch.from_numpy((points + shift - mean) / std).float()
+            return distribution_metrics(model, real, floors=floors)["swd_ratio"].item()
+
+        exact.append(np.mean([ratio(0.0, j) for j in range(per_set)]))
+        shifted.append(ratio(0.1, 0))
+    mean_ratio, standard_error = np.mean(exact), np.std(exact, ddof=1) / np.sqrt(len(exact))
+    assert abs(mean_ratio - 1.0) < 2 * standard_error, (mean_ratio, standard_error)
+    assert np.mean(shifted) > 1.0 + 4 * standard_error, np.mean(shifted)

@@ -8,6 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 from sklearn.datasets import make_circles, make_moons, make_swiss_roll
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from lightning_diffusion.data.base import DiffusionDataModule, _own_rng
@@ -15,25 +16,36 @@ from lightning_diffusion.data.base import DiffusionDataModule, _own_rng
 Toy2DName = Literal["moons", "circles", "swissroll", "8gaussians", "checkerboard"]
 
 
-def _eight_gaussians(n: int, noise: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-    labels = rng.randint(0, 8, n)
+def _eight_gaussians(
+    n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    labels = rng.randint(0, 8, n) if labels is None else labels
     angles = labels * (2 * np.pi / 8)
     centers = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
     return centers + noise * rng.randn(n, 2), labels
 
 
-def _checkerboard(n: int, noise: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-    """4x4 board on [-2, 2]^2, points on the dark squares (as in Grathwohl et al. 2019, FFJORD)."""
-    x1 = rng.rand(n) * 4 - 2
+def _checkerboard(
+    n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 board on [-2, 2]^2, points on the dark squares (as in Grathwohl et al. 2019, FFJORD); the label is the
+    parity of the column (given `labels`: a column of that parity)."""
+    if labels is None:
+        x1 = rng.rand(n) * 4 - 2
+    else:
+        x1 = rng.rand(n) + 2 * rng.randint(0, 2, n) - 2 + labels  # the column starts at -2 or 0, plus the parity
     column_parity = np.floor(x1) % 2
     x2 = rng.rand(n) - 2 * rng.randint(0, 2, n) + column_parity  # in [-2, 2), on the dark squares only
     points, labels = np.stack([x1, x2], 1), column_parity.astype(np.int64)
     return points + noise * rng.randn(n, 2), labels
 
 
-def make_toy2d(name: Toy2DName, n: int, noise: float, seed: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """n points (n, 2) of a named distribution and their labels (or None where there are none)."""
-    rng = np.random.RandomState(seed)
+def make_toy2d(
+    name: Toy2DName, n: int, noise: float, seed: int | np.random.RandomState
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """n points (n, 2) of a named distribution and their labels (or None where there are none); moons and circles
+    as sklearn makes them (evenly spaced angles, see draw_toy2d)."""
+    rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
     if name == "moons":  # labels: which moon
         return make_moons(n, noise=noise, random_state=rng)
     if name == "circles":  # labels: outer (0) or inner (1) circle
@@ -46,6 +58,38 @@ def make_toy2d(name: Toy2DName, n: int, noise: float, seed: int) -> tuple[np.nda
     if name == "checkerboard":
         return _checkerboard(n, noise, rng)
     raise ValueError(f"Unknown 2D dataset {name!r}: use one of moons, circles, swissroll, 8gaussians, checkerboard.")
+
+
+def draw_toy2d(
+    name: Toy2DName, n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """n independent draws of the distribution that `make_toy2d`'s data represents, with the given class `labels`
+    (one per point) or with classes drawn too (None).
+
+    sklearn's make_moons and make_circles space their angles evenly and split the classes exactly in half: a
+    training set of 20,000 such points stands for uniform angles on each class with equal class weights, which is
+    what a model learns. Their sets are no independent samples of it (two sets are closer than two samples, the two
+    halves of one set complementary, hence farther: an exact model scored 0.88 against that floor), so the floor
+    needs these draws: the angle uniform at random, the class a fair coin. The other datasets already draw so."""
+    if name == "swissroll":
+        if labels is not None:
+            raise ValueError("The swissroll dataset has no labels.")
+        return make_toy2d(name, n, noise, rng)
+    if name == "8gaussians":
+        return _eight_gaussians(n, noise, rng, labels)
+    if name == "checkerboard":
+        return _checkerboard(n, noise, rng, labels)
+    if name not in ("moons", "circles"):
+        raise ValueError(f"Unknown 2D dataset {name!r}: use one of moons, circles, swissroll, 8gaussians, checkerboard.")
+    labels = rng.randint(0, 2, n) if labels is None else labels
+    if name == "moons":  # class 0: the upper arc (cos s, sin s); class 1: the lower (1 - cos s, 1/2 - sin s)
+        s = rng.rand(n) * np.pi
+        points = np.where(labels[:, None] == 0, np.stack([np.cos(s), np.sin(s)], 1),
+                          np.stack([1 - np.cos(s), 0.5 - np.sin(s)], 1))
+    else:  # class 0: the outer circle, radius 1; class 1: the inner, radius 0.5 (make_circles' factor)
+        s = rng.rand(n) * 2 * np.pi
+        points = np.where(labels[:, None] == 0, 1.0, 0.5) * np.stack([np.cos(s), np.sin(s)], 1)
+    return points + noise * rng.randn(n, 2), labels
 
 
 _CLASS_NAMES = {
@@ -116,6 +160,24 @@ class Toy2DDataModule(DiffusionDataModule):
             splits[name] = (x, torch.from_numpy(y).long()) if self.labels else (x,)
         splits["stats"] = (torch.from_numpy(mean).float(), torch.from_numpy(std).float())
         return splits
+
+    @property
+    def splits(self) -> dict[str, TensorDataset]:
+        """The training and validation splits as datasets of (x,) or (x, y) in model space (as ImageDataModule's)."""
+        return {name: TensorDataset(*self._splits[name]) for name in ("train", "val")}
+
+    def independent_draws(self, num_samples: int, count: int, labels: Optional[Tensor] = None) -> list[Tensor]:
+        """`count` sets of `num_samples` independent draws of the data distribution in model space (draw_toy2d), as
+        an exact model samples it: the real-vs-real floors of the sample metrics. With `labels` (one per point),
+        every set has these classes, as a conditional model's samples asked for them. Set j depends only on the
+        data's seed and j, so every rank and every evaluation draws the same."""
+        mean, std = (stat.numpy() for stat in self._splits["stats"])
+        given = None if labels is None else labels.cpu().numpy()
+        draws = []
+        for j in range(count):
+            points, _ = draw_toy2d(self.dataset, num_samples, self.noise, np.random.RandomState([self.seed, 2, j]), given)
+            draws.append(torch.from_numpy((points - mean) / std).float())
+        return draws
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
