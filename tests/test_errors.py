@@ -83,7 +83,7 @@ class Case:
 
 CASES = [
     # the command line and the config
-    Case("fit without --config", ["fit"], 2, ("DiffusionModule needs denoiser, scheduler", "--config configs/<experiment>.yaml")),
+    Case("fit without --config", ["fit"], 2, ("DiffusionModule needs denoiser:", "--config configs/<experiment>.yaml")),
     Case("a config file that does not exist", ["fit", "--config", "nope.yaml"], 2, ("nope.yaml does not exist",)),
     Case("invalid YAML", ["fit", "--config", "bad.yaml"], 2, ("bad.yaml is not valid YAML", "line 3")),
     Case("a misspelt key in a YAML", [*FIT, "--config", "typo.yaml"], 2,
