@@ -19,11 +19,11 @@ from typing import Any, Optional
 
 import numpy as np
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lightning_diffusion.errors import PROGRAM, argument_sentence, one_line_errors
+from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.plotting import save_figure
 
 AXES = ("epoch", "step")  # the columns of metrics.csv that are not metrics
@@ -175,14 +175,9 @@ def main(argv: Optional[list[str]] = None) -> Path:
     """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
     args_list = sys.argv[1:] if argv is None else argv
     with one_line_errors(args_list):
-        parser = make_parser()
-        try:
-            args = parser.parse_args(args_list)
-        except ArgumentError as error:  # said as the training CLI says it, with this command's --help
-            if "arguments are required" in str(error):
-                raise ValueError("compare needs run folders: python -m lightning_diffusion.compare "
-                                 "outputs/<experiment>/version_N outputs/<experiment>/version_M ...") from error
-            raise ValueError(argument_sentence(str(error), args_list).replace(f"{PROGRAM} fit", f"{PROGRAM}.compare")) from error
+        args = parse_arguments(make_parser(), args_list, f"{PROGRAM}.compare", required=(
+            "compare needs run folders: python -m lightning_diffusion.compare outputs/<experiment>/version_N "
+            "outputs/<experiment>/version_M ..."))
         return compare([Path(run) for run in args.runs], Path(args.output_dir),
                        "python -m lightning_diffusion.compare " + " ".join(args_list))
 

@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import yaml
@@ -200,9 +200,23 @@ def _type_name(text: str) -> str:
     return f"one of {literal.group(1)}" if literal else re.sub(r"<class '([^']+)'>", r"\1", text).strip()
 
 
-def argument_sentence(message: str, args: Optional[Sequence[str]] = None) -> str:
-    """jsonargparse's report of a bad command line or config (a tree of union subtypes) as one sentence."""
-    help_hint = f"`{PROGRAM} {_subcommand(args)} --help` lists every option"
+def parse_arguments(parser: Any, args: Sequence[str], command: str, required: Optional[str] = None) -> Any:
+    """`parser.parse_args(args)` for an entry point other than the training CLI (`command`, e.g.
+    "python -m lightning_diffusion.evaluate", built with exit_on_error=False): a bad command line is one sentence
+    whose hints name this command; `required`, if given, is the sentence for missing required arguments."""
+    try:
+        return parser.parse_args(args)
+    except ArgumentError as error:
+        if required and "arguments are required" in str(error):
+            raise ValueError(required) from error
+        raise ValueError(argument_sentence(str(error), args, command)) from error
+
+
+def argument_sentence(message: str, args: Optional[Sequence[str]] = None, command: Optional[str] = None) -> str:
+    """jsonargparse's report of a bad command line or config (a tree of union subtypes) as one sentence; its hints
+    name `command` (default: the training CLI's subcommand in `args`)."""
+    command = command or f"{PROGRAM} {_subcommand(args)}"
+    help_hint = f"`{command} --help` lists every option"
     key = ".".join(re.findall(r'Parser key "([^"]+)"', message))
     # the innermost class named: "Problem with given class_path 'X'", or a nested "Got value: Namespace(class_path='Y'"
     classes = [m.group(1) or m.group(2) for m in _CLASS_PATH.finditer(message)]
@@ -216,7 +230,7 @@ def argument_sentence(message: str, args: Optional[Sequence[str]] = None) -> str
         suggestion = f" (did you mean {close[0]!r}?)" if close else ""
         owner = _short(cls) if cls else f"--{key}"
         help_key = f"--{key}.help {_short(cls)}" if cls and key else "--help"
-        return (f"{owner} has no option {option!r}{suggestion}: `{PROGRAM} {_subcommand(args)} {help_key}` "
+        return (f"{owner} has no option {option!r}{suggestion}: `{command} {help_key}` "
                 "lists its options.")
     if match := re.search(r"does not accept option '([^']+)'", message):
         option = match.group(1)

@@ -20,13 +20,6 @@ class Cell(NamedTuple):
     guidance: float
 
 
-def configured(model: nn.Module, attribute: str, hparam: str) -> Any:
-    """The model's own sampling choice: its attribute (a formulation's default where the config left it null), else
-    its hyperparameter."""
-    value = getattr(model, attribute, None)
-    return value if value is not None else model.hparams.get(hparam)
-
-
 class CountCalls:
     """Counts the forward calls of `module` while open (a forward pre-hook).
 

@@ -21,12 +21,12 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from tqdm import tqdm
 
 from lightning_diffusion.checkpoints import check_checkpoint, read_checkpoint
-from lightning_diffusion.errors import PROGRAM, argument_sentence, one_line_errors
-from lightning_diffusion.eval_grid import Cell, cell_row, configured, generation_labels
+from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
+from lightning_diffusion.eval_grid import Cell, cell_row, generation_labels
 from lightning_diffusion.eval_report import CELL_COLUMNS, append_row, log_to_wandb, markdown_table, metric_columns
 from lightning_diffusion.eval_report import read_rows, write_summaries
 from lightning_diffusion.evaluation import INCEPTION_PATH
@@ -123,8 +123,8 @@ def sampler_steps(args: Namespace, model: DiffusionModule) -> list[tuple[str, in
         if not all(name and steps.isdigit() and int(steps) > 0 for name, _, steps in pairs):
             raise ValueError(f"--cells takes SAMPLER:STEPS pairs such as DDIMScheduler:50, got {' '.join(args.cells)}.")
         return [(name, int(steps)) for name, _, steps in pairs]
-    samplers = args.samplers or [configured(model, "sampler_name", "sampler")]
-    return list(itertools.product(samplers, args.steps or [configured(model, "num_inference_steps", "num_inference_steps")]))
+    # the model's own choices: the config's, or its formulation's defaults where the config left them null
+    return list(itertools.product(args.samplers or [model.sampler_name], args.steps or [model.num_inference_steps]))
 
 
 def model_cells(args: Namespace, model: DiffusionModule) -> list[Cell]:
@@ -260,10 +260,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     args_list = sys.argv[1:] if argv is None else argv
     with one_line_errors(args_list):
         parser = make_parser()
-        try:
-            args = parser.parse_args(args_list)
-        except ArgumentError as error:  # said as the training CLI says it, with this command's --help
-            raise ValueError(argument_sentence(str(error), args_list).replace(f"{PROGRAM} fit", f"{PROGRAM}.evaluate")) from error
+        args = parse_arguments(parser, args_list, f"{PROGRAM}.evaluate")
         return evaluate(args, parser, "python -m lightning_diffusion.evaluate " + " ".join(args_list))
 
 

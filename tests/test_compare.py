@@ -59,3 +59,18 @@ def test_not_a_run_folder_is_one_sentence(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module, argv, words", [
+    ("evaluate", ["--runz", "x"], "unrecognized arguments: --runz x: `python -m lightning_diffusion.evaluate --help`"),
+    ("evaluate", ["--num_samples", "abc"], "--num_samples expects int but got 'abc'"),
+    ("compare", [], "compare needs run folders: python -m lightning_diffusion.compare outputs/<experiment>/version_N"),
+])
+def test_a_bad_command_line_of_evaluate_or_compare_is_one_sentence_naming_that_command(capsys, module, argv, words):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"lightning_diffusion.{module}").main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert "lightning_diffusion fit" not in err
