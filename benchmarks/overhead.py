@@ -7,14 +7,18 @@ Both sides train the same denoiser (same initial weights) with the same schedule
 memory and served by the same DataLoader, so data loading costs both alike. The plain loop is the notebooks' one:
 it iterates the DataLoader and records each step's loss (`loss.item()`, what their progress bars and loss plots
 show). Lightning runs without logger, checkpoints, progress bar or validation, so what remains is the framework's
-per-step work (hooks, the optimizer closure, `self.log`, the non-finite-loss check). Prints a table and appends
-it, with the command and the machine, to notes/benchmarks.md.
+per-step work (hooks, the optimizer closure, `self.log`, the non-finite-loss check). The two loops alternate
+`--repeats` times, so that a drift of a shared machine hits both alike, and the table gives the median of each with
+the load average before and after. Prints a table and appends it, with the command and the machine, to
+notes/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import statistics
 import time
 
 import lightning as L
@@ -97,29 +101,35 @@ def _sync(device: str) -> None:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps per measurement (default: per case)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating measurements; the median of each is kept")
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
+    parser.add_argument("--cases", nargs="*", default=None, help="MLP and/or UNet (default: both)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     rows = []  # | case | device | batch | steps | plain | Lightning | overhead |
+    load_before = os.getloadavg()[0]
     for device in devices:
         for name, (denoiser, shape, batch_size, steps) in cases(device).items():
+            if args.cases and name.split()[0] not in args.cases:
+                continue
             torch.manual_seed(0)
             batches = [torch.randn(batch_size, *shape) for _ in range((args.steps or steps) + 1)]
             plain, framework = [], []
-            for _ in range(args.repeats):  # alternate, so that drifts of the machine hit both sides alike
-                plain.append(plain_loop(copy.deepcopy(denoiser), DDPMScheduler(), batches, device))
-                framework.append(lightning_loop(copy.deepcopy(denoiser), DDPMScheduler(), batches, device))
-            p, f = max(plain), max(framework)
+            for r in range(args.repeats):  # alternate (ABBA), so that drifts of the machine hit both sides alike
+                for loop, times in [(plain_loop, plain), (lightning_loop, framework)][:: 1 if r % 2 == 0 else -1]:
+                    times.append(loop(copy.deepcopy(denoiser), DDPMScheduler(), batches, device))
+            p, f = statistics.median(plain), statistics.median(framework)
             n = len(batches) - 1
-            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% |")
+            spread = f"{min(plain):.2f}-{max(plain):.2f} / {min(framework):.2f}-{max(framework):.2f}"
+            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% | {spread} |")
     table = "\n".join([
-        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead |",
-        "| --- | --- | --- | --- | --- | --- | --- |", *rows,
+        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead | range plain / Lightning |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
     ])
-    details = f"lightning {L.__version__}, best of {args.repeats} alternating measurements."
+    details = (f"lightning {L.__version__}, median of {args.repeats} alternating measurements; load average "
+               f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.")
     return publish("Framework overhead", argv, details, table, args.notes)
 
 

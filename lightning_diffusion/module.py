@@ -146,6 +146,12 @@ class DiffusionModule(L.LightningModule):
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: Optional[float] = None
+        # What the sample metrics of the last evaluation generated on this rank, where a callback asked to see it
+        # (observe_evaluation): the samples (model space) and the x_T of their first sampling call; else None.
+        self.evaluation_samples: Optional[Tensor] = None
+        self.evaluation_noise: Optional[Tensor] = None
+        self._observers: Optional[list[StepCallback]] = None  # asked for this evaluation's samples and steps
+        self._recorded: Optional[list[Tensor]] = None  # what sample() returns while the metrics generate, if asked
 
     # ---------------------------------------------------------------- sampling
 
@@ -177,6 +183,9 @@ class DiffusionModule(L.LightningModule):
         if noise is None:
             noise = torch.randn((num_samples, *self.sample_shape), generator=generator)
         noise = noise.to(self.device)
+        if self._recorded is not None and not self._recorded:  # the first sampling call of the observed metrics
+            self.evaluation_noise = noise
+            callback = _all_of([*self._observers, *([callback] if callback is not None else [])])
         was_training = self.training
         self.eval()
         try:
@@ -191,6 +200,8 @@ class DiffusionModule(L.LightningModule):
             )
         finally:
             self.train(was_training)
+        if self._recorded is not None:
+            self._recorded.append(x0)
         return self.to_data_space(x0) if data_space else x0
 
     # ---------------------------------------------------------------- training
@@ -261,15 +272,17 @@ class DiffusionModule(L.LightningModule):
             drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         loss = self._loss(x0, y, denoiser=self._train_denoiser)
-        self._losses.update(loss, self.global_step)
+        trainer = self._trainer
+        self._losses.update(loss, trainer.global_step if trainer is not None else 0)
         # The host reads the losses (one sync, one collective) only where Lightning logs, and on the epoch's last
         # batch, before any end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
-        if self._trainer is not None and (is_logging_step(self.trainer) or batch_idx + 1 >= self.trainer.num_training_batches):
+        if trainer is not None and (is_logging_step(trainer) or batch_idx + 1 >= trainer.num_training_batches):
             self.last_train_loss = self._read_losses()  # a float on the host: callbacks.LossProgressBar shows it
             self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
         return loss
 
     def on_validation_start(self) -> None:
+        self._observers = None  # callbacks ask at this validation's end (observe_evaluation)
         if self._losses.count:  # a validation inside an epoch: no checkpoint after a non-finite loss
             self._read_losses()
 
@@ -294,11 +307,33 @@ class DiffusionModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
 
+    def evaluation_sample_count(self) -> int:
+        """How many samples this rank will generate for the sample metrics at the end of the evaluation in progress
+        (0: none, as in the sanity check); they are `evaluation_samples` from the module's `on_*_epoch_end` on."""
+        if self._trainer is None or self.trainer.sanity_checking:
+            return 0
+        held_out = sum(len(x) for x in self._held_out.points)
+        return min(self.hparams.val_num_samples // self.trainer.world_size, held_out // 2)
+
+    def observe_evaluation(self, callback: Optional[StepCallback] = None) -> None:
+        """Keeps what the sample metrics at the end of the evaluation in progress generate on this rank, for a callback
+        to show instead of sampling again (callbacks.SamplePlot, TrajectoryPlot): `evaluation_samples` and
+        `evaluation_noise`, from the module's `on_*_epoch_end` until the next evaluation; `callback(i, t, x_t, x0_pred)`,
+        if given, sees each step of their first sampling call (all of this rank's samples unless `sample_batch_size`)."""
+        self._observers = [*(self._observers or []), *([callback] if callback is not None else [])]
+
     def _log_sample_quality(self, stage: str) -> None:
         real, labels = self._held_out.take()
+        self.evaluation_samples = self.evaluation_noise = None
         if real is None or self.trainer.sanity_checking:
+            self._observers = None
             return
-        metrics = sample_quality(self, real, labels)  # every rank holds the same values: the reduce changes nothing
+        self._recorded = [] if self._observers is not None else None  # sample() keeps what it generates, if asked
+        try:
+            metrics = sample_quality(self, real, labels)  # every rank holds the same values: the reduce changes nothing
+        finally:
+            recorded, self._recorded, self._observers = self._recorded, None, None
+        self.evaluation_samples = torch.cat(recorded) if recorded else None
         self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -356,3 +391,15 @@ def resolve_formulation(
             " (a VP formulation takes them among its own init_args)."
         )
     return formulation
+
+
+def _all_of(callbacks: list[StepCallback]) -> Optional[StepCallback]:
+    """One step callback that calls each of `callbacks` in turn (None if there are none)."""
+    if len(callbacks) <= 1:
+        return callbacks[0] if callbacks else None
+
+    def each(*step: Any) -> None:
+        for callback in callbacks:
+            callback(*step)
+
+    return each

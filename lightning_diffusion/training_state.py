@@ -15,23 +15,18 @@ from torch import Tensor
 
 
 class LossMonitor:
-    """Writes each step's loss into a buffer on the device (one small copy, no read) until the host reads them."""
+    """Keeps each step's loss, detached, on the device (no copy, no read) until the host reads them."""
 
     def __init__(self) -> None:
-        self.losses: Optional[Tensor] = None
-        self.steps: list[int] = []  # the global step of each buffered loss, on the host
+        self.losses: list[Tensor] = []  # the detached losses since the last read, on the device
+        self.steps: list[int] = []  # the global step of each, on the host
 
     @property
     def count(self) -> int:
         return len(self.steps)
 
     def update(self, loss: Tensor, step: int) -> None:
-        if self.losses is None or self.count == len(self.losses):  # grows by doubling: rarely, and never read
-            grown = torch.empty(max(64, 2 * self.count), device=loss.device)
-            if self.losses is not None:
-                grown[: self.count] = self.losses
-            self.losses = grown
-        self.losses[self.count] = loss.detach()
+        self.losses.append(loss.detach())  # a view that keeps the value, not the graph: no kernel, no sync
         self.steps.append(step)
 
     def read(self, all_gather: Callable[[Tensor], Tensor], epoch: int, checkpoints: list[Path]) -> float:
@@ -40,13 +35,13 @@ class LossMonitor:
         in the `checkpoints` folders (all saved before that step: a read comes before every checkpoint)."""
         if not self.count:
             return float("nan")
-        losses = self.losses[: self.count]
+        losses = torch.stack(self.losses).float()  # one kernel per interval, not one per step
         finite = torch.isfinite(losses)
         first = torch.where(finite.all(), -1, torch.argmin(finite.int()))  # index of the first non-finite loss
         stats = torch.stack([losses.mean(), first.float()]).reshape(1, 2)
         mean, first = all_gather(stats).reshape(-1, 2).T.tolist()  # every rank's (mean, first index)
         steps = [self.steps[int(i)] for i in first if i >= 0]
-        self.steps = []
+        self.losses, self.steps = [], []
         if steps:
             saved = sorted({p for folder in checkpoints for p in folder.glob("*.ckpt")}, key=lambda p: p.stat().st_mtime)
             raise FloatingPointError(

@@ -14,7 +14,9 @@ from syncs import SyncCounter
 
 from conftest import REPO
 from lightning_diffusion import DiffusionModule
-from lightning_diffusion.callbacks import EMA
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from lightning_diffusion.callbacks import EMA, LossProgressBar, SamplePlot, TrajectoryPlot
 from lightning_diffusion.callbacks.common import should_run
 from lightning_diffusion.data import Toy2DDataModule
 from lightning_diffusion.denoisers import MLPDenoiser
@@ -90,6 +92,65 @@ def test_ema_options_and_validation_before_the_first_update():
     tiny_fit([every], max_epochs=2, num_batches=8)
     assert every.num_updates == len([s for s in range(16) if s >= 4 and s % 3 == 0])
     assert next(every._average_model.parameters()).device.type == "cpu"
+
+
+def plotted_fit(tmp_path, val_num_samples, trajectory=True):
+    """Two epochs of moons, validated after each, with the EMA and both plots of configs/moons.yaml (100 points each);
+    returns the module and its sample() calls during validation."""
+    L.seed_everything(0)
+    data = Toy2DDataModule(num_samples=64 * 8, num_val_samples=256, batch_size=64)
+    model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,), num_inference_steps=10,
+                            prediction_type="v_prediction", val_num_samples=val_num_samples)
+    calls, sample = [], model.sample
+    model.sample = lambda *args, **kwargs: calls.append(args[0] if args else kwargs["num_samples"]) or sample(*args, **kwargs)
+    plots = [SamplePlot(every_n_epochs=1, num_samples=100)] + ([TrajectoryPlot(every_n_epochs=2, num_points=100)] if trajectory else [])
+    trainer = L.Trainer(max_epochs=2, callbacks=[EMA(decay=0.9), *plots], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    return model, calls, trainer
+
+
+def test_plots_draw_the_samples_of_the_metrics_without_sampling_again(tmp_path):
+    """With sample metrics, the sample plot and the trajectory show the samples the metrics generated (one sampling
+    call per validation, where there were three), which observing them does not change; without, they sample."""
+    model, calls, trainer = plotted_fit(tmp_path / "reused", val_num_samples=100)
+    assert calls == [100, 100]  # the metrics' own, one per validation: no sampling for the plots
+    plots = {p.name for p in (tmp_path / "reused" / "plots").iterdir()}
+    assert plots == {"samples_epoch=0000.png", "samples_epoch=0001.png", "trajectory_epoch=0001.png"}
+    assert model.evaluation_samples.shape == (100, 2) and model.evaluation_noise.shape == (100, 2)
+    unobserved, _, plain = plotted_fit(tmp_path / "unobserved", val_num_samples=100, trajectory=False)
+    assert torch.equal(model.evaluation_samples, unobserved.evaluation_samples)
+    assert trainer.callback_metrics["val/swd"] == plain.callback_metrics["val/swd"]
+    _, calls, _ = plotted_fit(tmp_path / "own", val_num_samples=0)
+    assert calls == [100, 100, 100]  # two sample plots and the trajectory, each its own points
+    assert len(list((tmp_path / "own" / "plots").iterdir())) == 3
+
+
+def test_the_progress_bar_shows_the_loss_and_redraws_at_its_pace(monkeypatch):
+    """The bar shows the loss the module read at its last logging step, without a sync; it redraws at most every
+    min_interval seconds and at each epoch's last batch, where Lightning's redraws after every batch."""
+    draws = []
+    drawn = TQDMProgressBar.on_train_batch_end
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, *a: draws.append(a[-1]) or drawn(self, *a))
+
+    def fit(*callbacks):
+        L.seed_everything(0)
+        model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,))
+        trainer = L.Trainer(max_epochs=2, callbacks=list(callbacks), logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, limit_val_batches=0, log_every_n_steps=4)
+        trainer.fit(model, Toy2DDataModule(num_samples=64 * 8, num_val_samples=64, batch_size=64))
+        return trainer, model
+
+    bar = LossProgressBar(min_interval=3600)
+    trainer, model = fit(bar)
+    assert draws == [0, 7, 7]  # the first batch, then each epoch's last
+    assert bar.get_metrics(trainer, model)["train/loss"] == f"{model.last_train_loss:.4g}"
+    draws.clear()
+    counter = SyncCounter()
+    fit(counter, LossProgressBar(min_interval=0))
+    assert draws == list(range(8)) * 2  # after every batch, as Lightning's
+    counts = counter.training_counts(16)  # and without a sync outside the logging steps (every 4) and epoch ends
+    assert all(counts[i] == 0 for i in range(16) if i not in (3, 7, 11, 15)), (counts, counter.sites)
 
 
 def test_zero_terminal_snr_with_epsilon_prediction_is_refused():

@@ -53,6 +53,14 @@ class EMA(WeightAveraging):
         self.num_updates = 0  # on the host: the decay never reads the device
         self._swapped = False
         self._said_not_yet = False
+        self._pairs: Optional[tuple] = None  # (key, averaged, current, other pairs, elsewhere): see _tensors
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._pairs = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pairs = None  # listed again once the model is on its device and restored
 
     def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
         if step_idx is None:
@@ -70,18 +78,32 @@ class EMA(WeightAveraging):
         """averaged <- decay' * averaged + (1 - decay') * current, for all floating-point parameters and buffers at
         once (the first update copies); other buffers are copied."""
         model = averaged_model(self)
-        pairs = list(zip([*model.module.parameters(), *model.module.buffers()], [*pl_module.parameters(), *pl_module.buffers()]))
-        floats = [(a, c.detach().to(a.device, non_blocking=True)) for a, c in pairs if a.is_floating_point()]
-        averaged, current = [a for a, _ in floats], [c for _, c in floats]
+        averaged, current, others, elsewhere = self._tensors(model, pl_module)
+        if elsewhere:  # the average lives on another device (EMA(device="cpu")): copies queued, no sync
+            current = [c.to(a.device, non_blocking=True) for a, c in zip(averaged, current)]
         if self.num_updates == 0:
             torch._foreach_copy_(averaged, current)
         else:
             torch._foreach_lerp_(averaged, current, 1.0 - warmup_decay(self.decay, self.num_updates))
-        for a, c in pairs:
-            if not a.is_floating_point():
-                a.copy_(c)
+        for a, c in others:
+            a.copy_(c)
         model.n_averaged.add_(1)  # AveragedModel's own count, kept right for its state_dict, never read here
         self.num_updates += 1
+
+    def _tensors(self, model: Any, pl_module: L.LightningModule) -> tuple[list, list, list, bool]:
+        """The averaged and the current floating-point parameters and buffers, the pairs of the others, and whether
+        the two models lie on different devices: listed at the first update of a fit rather than at every step
+        (walking the modules costs more than the update of a small model). Parameters and buffers keep their
+        identity when the model moves or loads a checkpoint (their data is replaced or copied into)."""
+        key = (id(model), id(pl_module))
+        if self._pairs is None or self._pairs[0] != key:
+            pairs = list(zip([*model.module.parameters(), *model.module.buffers()],
+                             [*pl_module.parameters(), *pl_module.buffers()]))
+            floats = [(a, c) for a, c in pairs if a.is_floating_point()]
+            others = [(a, c) for a, c in pairs if not a.is_floating_point()]
+            elsewhere = any(a.device != c.device for a, c in pairs)
+            self._pairs = (key, [a for a, _ in floats], [c for _, c in floats], others, elsewhere)
+        return self._pairs[1:]
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(trainer, pl_module, checkpoint)

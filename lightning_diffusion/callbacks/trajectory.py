@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_diffusion.formulations import Formulation
@@ -18,20 +21,49 @@ def forward_frames(formulation: Formulation, x0: Tensor, eps: Tensor, progress: 
     return [(1000 * u, formulation.display(formulation.noised(x0, eps, u), u)) for u in progress]
 
 
+class ReverseFrames:
+    """A step callback that keeps x_t (of the first `num_points` samples) each time the sampler passes one of the
+    `progress` points of the forward row (0: data, 1: noise), as (1000 * progress, x_t shown in the data's axes)."""
+
+    def __init__(self, formulation: Formulation, progress: list[float], num_points: int) -> None:
+        self.formulation, self.num_points = formulation, num_points
+        self.thresholds = progress[::-1]  # from noise to data, popped as the sampler passes them
+        self.frames: list[tuple[float, Tensor]] = []
+
+    def __call__(self, i: int, t: Tensor, x_t: Tensor, x0_pred: Tensor) -> None:
+        u = self.formulation.progress(float(t))
+        if self.thresholds and u <= self.thresholds[0] + 1e-9:
+            while self.thresholds and u <= self.thresholds[0] + 1e-9:
+                self.thresholds.pop(0)
+            self.frames.append((1000 * u, self.formulation.display(x_t[: self.num_points].clone(), u)))
+
+    def panels(self, noise: Tensor, x0: Tensor) -> list[tuple[float, Tensor]]:
+        """The reverse row: the noise x_T, the kept frames and, for a sampler that stopped before t = 0, its sample."""
+        start = self.formulation.display(self.formulation.noised(torch.zeros_like(noise), noise, 1.0), 1.0)
+        end = [(0.0, x0)] if self.thresholds else []  # sigma = 0 and t = 0 need no rescaling
+        return [(1000.0, start), *self.frames, *end]
+
+
 class TrajectoryPlot(Callback):
     """Every `every_n_epochs` validations, plots the forward and the reverse process of a 2D cloud.
 
     The top row noises held-out points every `timestep_stride` timesteps (of 1000: for EDM and flow matching,
-    the same fraction of the way from data to noise); the bottom row denoises fresh noise with the configured
-    sampler, showing x_t when the sampler passes the same points. Point `tracked_index` is drawn in green in every
-    panel; EDM's samples are shown as x / sqrt(1 + sigma^2), so that every panel shares the axes.
+    the same fraction of the way from data to noise); the bottom row denoises noise with the configured sampler,
+    showing x_t when the sampler passes the same points. Point `tracked_index` is drawn in green in every panel;
+    EDM's samples are shown as x / sqrt(1 + sigma^2), so that every panel shares the axes.
+
+    When the model generates at least `num_points` samples for its sample metrics at the end of the validation
+    (`val_num_samples`), the bottom row follows the first `num_points` of those as they are generated
+    (`DiffusionModule.observe_evaluation`) and is drawn once the metrics are done (`on_validation_end`): the
+    metrics' weights, sampler and noise, without sampling twice. Otherwise the plot samples its own points.
 
     Args:
         every_n_epochs: How often, in epochs (the last epoch always draws).
         num_points: Points in the cloud.
         timestep_stride: Timesteps between panels (the seeds used 20-100 for T = 1000).
         tracked_index: The point drawn in green.
-        seed: Seed of the noise, the same every epoch.
+        seed: Seed of the forward row's noise, the same every epoch (and of the bottom row's when the plot samples
+            its own points).
     """
 
     def __init__(
@@ -39,8 +71,11 @@ class TrajectoryPlot(Callback):
     ) -> None:
         self.every_n_epochs, self.num_points, self.timestep_stride = every_n_epochs, num_points, timestep_stride
         self.tracked_index, self.seed = tracked_index, seed
+        self._observed: Optional[tuple[ReverseFrames, list[tuple[float, Tensor]]]] = None  # (frames, forward row)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # callbacks run before the module's on_validation_epoch_end, which generates the metrics' samples
+        self._observed = None
         if not should_run(trainer, self.every_n_epochs):
             return
         generator = torch.Generator().manual_seed(self.seed)
@@ -50,20 +85,27 @@ class TrajectoryPlot(Callback):
         progress = [k / num_panels for k in range(num_panels)]
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         forward = forward_frames(formulation, x0, eps, progress)
-
+        frames = ReverseFrames(formulation, progress, len(x0))
+        count = getattr(pl_module, "evaluation_sample_count", None)
+        if count is not None and count() >= len(x0):
+            pl_module.observe_evaluation(frames)  # drawn at on_validation_end
+            self._observed = (frames, forward)
+            return
         noise = torch.randn((len(x0), *pl_module.sample_shape), generator=generator).to(x0.device)
-        reverse = [(1000.0, formulation.display(formulation.noised(torch.zeros_like(noise), noise, 1.0), 1.0))]
-        thresholds = progress[::-1]  # a panel each time the sampler passes one of the forward row's points
+        x0_generated = pl_module.sample(len(x0), noise=noise, generator=generator, callback=frames, data_space=False)
+        self._draw(trainer, forward, frames.panels(noise, x0_generated))
 
-        def capture(i: int, t: Tensor, x_t: Tensor, x0_pred: Tensor) -> None:
-            u = formulation.progress(float(t))
-            if thresholds and u <= thresholds[0] + 1e-9:
-                while thresholds and u <= thresholds[0] + 1e-9:
-                    thresholds.pop(0)
-                reverse.append((1000 * u, formulation.display(x_t.clone(), u)))
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._observed is None:
+            return
+        (frames, forward), self._observed = self._observed, None
+        samples, noise = pl_module.evaluation_samples, pl_module.evaluation_noise
+        if samples is None or noise is None or not frames.frames:
+            rank_zero_warn("TrajectoryPlot: the model kept no evaluation samples of this validation; no plot drawn.")
+            return
+        n = frames.num_points
+        self._draw(trainer, forward, frames.panels(noise[:n], samples[:n]))
 
-        x0_generated = pl_module.sample(len(x0), noise=noise, generator=generator, callback=capture, data_space=False)
-        if thresholds:  # few-step samplers stop before t = 0: the last panel is their final sample
-            reverse.append((0.0, x0_generated))  # sigma = 0 and t = 0 need no rescaling
+    def _draw(self, trainer: L.Trainer, forward: list, reverse: list) -> None:
         fig = trajectory_figure(forward, reverse, self.tracked_index, f"epoch {trainer.current_epoch}")
         log_figure(trainer, "plots/trajectory", fig, f"trajectory_epoch={trainer.current_epoch:04d}.png")
