@@ -314,3 +314,25 @@ def test_image_formulations_train_sample_and_export(tmp_path, fake_mnist_root, c
         assert torch.allclose(exported.precondition_outputs(x, f, sigma), c["c_skip"] * x + c["c_out"] * f, atol=1e-6)
     unet = diffusers.UNet2DModel.from_pretrained(folder / "unet")
     assert torch.equal(unet.conv_in.weight, model.denoiser.unet.conv_in.weight)
+
+
+def test_validate_records_the_sampler_the_formulation_chose(tmp_path):
+    """metrics_validate.json names the sampler and steps that made its metrics, also where the config left both to
+    the formulation's defaults (flow matching: Euler)."""
+    import json
+
+    from lightning_diffusion.cli import main
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--data.init_args.num_samples", "512",
+             "--data.init_args.num_val_samples", "256", "--model.val_num_samples", "64"]
+    main(["fit", "--config", str(REPO / "configs/moons_flow.yaml"), "--model.sampler", "null",
+          "--model.num_inference_steps", "null", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+          "--trainer.limit_val_batches", "0", "--output_dir", str(tmp_path), *quiet])
+    (run,) = tmp_path.glob("moons_flow/version_0")
+    main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+          "--trainer.limit_val_batches", "1.0", "--output_dir", str(tmp_path / "validate"), *quiet])
+    (path,) = (tmp_path / "validate").rglob("metrics_validate.json")
+    record = json.loads(path.read_text())
+    model = DiffusionModule.load_from_checkpoint(run / "checkpoints/last.ckpt", map_location="cpu")
+    assert (record["sampler"], record["num_inference_steps"]) == ("euler", model.num_inference_steps) != ("euler", None)
+    assert record["num_samples"] == 64 and "val/swd" in record["metrics"]

@@ -23,8 +23,9 @@ class MetricsWriter(Callback):
         record = {
             "stage": stage,
             "checkpoint": trainer.ckpt_path,
-            "sampler": hparams.get("sampler"),
-            "num_inference_steps": hparams.get("num_inference_steps"),
+            # what sampled, also where the config left it to the formulation (the hparams hold None there)
+            "sampler": getattr(pl_module, "sampler_name", hparams.get("sampler")),
+            "num_inference_steps": getattr(pl_module, "num_inference_steps", hparams.get("num_inference_steps")),
             "guidance_scale": hparams.get("guidance_scale"),
             "num_samples": hparams.get("val_num_samples"),
             "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
