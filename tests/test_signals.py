@@ -152,7 +152,7 @@ def test_ddp_sigterm_on_one_rank_stops_both_with_a_checkpoint(tmp_path, config):
     log = tmp_path / "log.txt"
     with open(log, "w") as stream:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, preexec_fn=as_foreground_job)
     checkpoints = out / "moons" / "version_0" / "checkpoints"
     ranks = [process.pid]
     try:
@@ -247,6 +247,13 @@ main()
 """
 
 
+
+def as_foreground_job() -> None:
+    """In the child before exec: SIGINT at its default, as a terminal's foreground job has it. A script that starts
+    pytest in the background (`cmd &`) hands every child an ignored SIGINT, which the CLI rightly leaves ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def send(signal_name, stage, batch, again=None):
     """The arguments that make a SENDER run send itself `signal_name` at batch `batch` of `stage` (train or predict),
     and, with `again`, once more `again` seconds later."""
@@ -260,7 +267,7 @@ def run_sender(tmp_path, *args, timeout=120):
     command = [sys.executable, "-c", SENDER, *args, "--output_dir", str(tmp_path / "outputs"),
                "--trainer.enable_progress_bar", "false"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""})
+                            env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""}, preexec_fn=as_foreground_job)
     return result.returncode, result.stderr
 
 
@@ -290,7 +297,7 @@ def test_ctrl_c_during_fit_stops_like_sigterm(tmp_path, config):
                "--trainer.max_epochs", "1000", "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
     with open(err, "w") as stream:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
-                                   stdout=subprocess.DEVNULL, stderr=stream)
+                                   stdout=subprocess.DEVNULL, stderr=stream, preexec_fn=as_foreground_job)
     checkpoints = out / "moons" / "version_0" / "checkpoints"
     try:
         deadline = time.monotonic() + 120
