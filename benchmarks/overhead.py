@@ -1,6 +1,6 @@
 """Framework overhead: DiffusionModule under the Lightning Trainer vs the plain PyTorch loop of the seeds' notebooks.
 
-    python benchmarks/overhead.py                 # MLP on 2D points and the MNIST UNet, on CPU (and CUDA if present)
+    python benchmarks/overhead.py                 # a 1-parameter model, the moons MLP and the MNIST UNet, on CPU (and CUDA if present)
     python benchmarks/overhead.py --steps 5 --notes ''   # the small mode the tests run
 
 Both sides train the same denoiser (same initial weights) with the same scheduler, optimizer and batches, held in
@@ -9,7 +9,8 @@ it iterates the DataLoader and records each step's loss (`loss.item()`, what the
 show). Lightning runs without logger, checkpoints, progress bar or validation, so what remains is the framework's
 per-step work (hooks, the optimizer closure, `self.log`, the non-finite-loss check). The two loops alternate
 `--repeats` times, so that a drift of a shared machine hits both alike, and the table gives the median of each with
-the load average before and after. Prints a table and appends it, with the command and the machine, to
+the load average before and after; "Lightning's extra us/step" is the difference of the two step times (on the
+1-parameter model: the framework's fixed cost per step, which a step of any model pays). Prints a table and appends it, with the command and the machine, to
 notes/benchmarks.md.
 """
 
@@ -32,12 +33,26 @@ from lightning_diffusion import DiffusionModule, diffusion
 from lightning_diffusion.denoisers import MLPDenoiser, UNetDenoiser
 
 
+class Scale(torch.nn.Module):
+    """A one-parameter denoiser: a step costs almost nothing, so the difference of the loops is the framework's fixed
+    cost per step, in microseconds, whatever the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
+        return self.weight * x_t
+
+
 def cases(device: str) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int, int]]:
-    """name -> (denoiser, sample shape, batch size, steps): the MLP of configs/moons.yaml and the UNet of
-    configs/mnist.yaml (a smaller batch and fewer steps on CPU, where one UNet step takes about a second)."""
+    """name -> (denoiser, sample shape, batch size, steps): a one-parameter model (the fixed cost per step), the MLP
+    of configs/moons.yaml and the UNet of configs/mnist.yaml (a smaller batch and fewer steps on CPU, where one UNet
+    step takes about a second)."""
     cuda = device == "cuda"
     unet = UNetDenoiser(sample_shape=(1, 32, 32), block_out_channels=[64, 128, 256], attention_levels=[2], channels_last=cuda)
     return {
+        "Scale (1 parameter)": (Scale(), (2,), 8, 2000),
         "MLP 2D (moons.yaml)": (MLPDenoiser(hidden_dim=128, num_blocks=3), (2,), 256, 300),
         "UNet 32x32 (mnist.yaml)": (unet, (1, 32, 32), 128 if cuda else 16, 200 if cuda else 20),
     }
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=None, help="training steps per measurement (default: per case)")
     parser.add_argument("--repeats", type=int, default=5, help="alternating measurements; the median of each is kept")
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
-    parser.add_argument("--cases", nargs="*", default=None, help="MLP and/or UNet (default: both)")
+    parser.add_argument("--cases", nargs="*", default=None, help="Scale, MLP and/or UNet (default: all)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -123,10 +138,13 @@ def main(argv: list[str] | None = None) -> str:
             p, f = statistics.median(plain), statistics.median(framework)
             n = len(batches) - 1
             spread = f"{min(plain):.2f}-{max(plain):.2f} / {min(framework):.2f}-{max(framework):.2f}"
-            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% | {spread} |")
+            extra_us = 1e6 / f - 1e6 / p  # the framework's time per step beyond the plain loop's
+            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% "
+                        f"| {extra_us:+.0f} | {spread} |")
     table = "\n".join([
-        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead | range plain / Lightning |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
+        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s | overhead | Lightning's extra us/step "
+        "| range plain / Lightning |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
     ])
     details = (f"lightning {L.__version__}, median of {args.repeats} alternating measurements; load average "
                f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.")
