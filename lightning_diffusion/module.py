@@ -24,7 +24,7 @@ from lightning_diffusion.lightning_private import is_logging_step
 from lightning_diffusion.training_state import LossMonitor, seed_rank_streams
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 from lightning_diffusion.runs import run_dir
-from lightning_diffusion.sample_quality import HeldOut, request_noise, sample_quality
+from lightning_diffusion.sample_quality import HeldOut, request_noise, sample_quality, samples_per_rank
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
 # What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
@@ -313,7 +313,7 @@ class DiffusionModule(L.LightningModule):
         if self._trainer is None or self.trainer.sanity_checking:
             return 0
         held_out = sum(len(x) for x in self._held_out.points)
-        return min(self.hparams.val_num_samples // self.trainer.world_size, held_out // 2)
+        return samples_per_rank(self.hparams.val_num_samples, self.trainer.world_size, held_out)
 
     def observe_evaluation(self, callback: Optional[StepCallback] = None) -> None:
         """Keeps what the sample metrics at the end of the evaluation in progress generate on this rank, for a callback

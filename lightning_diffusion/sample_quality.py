@@ -78,10 +78,16 @@ def request_noise(indices: Tensor, seed: int, sample_shape: tuple[int, ...]) -> 
     return noise, torch.Generator().manual_seed(base + int(indices[0]))
 
 
+def samples_per_rank(num_samples: int, world_size: int, held_out: int) -> int:
+    """How many samples one rank generates for the sample metrics: its share of `num_samples`, at most half of its
+    `held_out` points (the other half is the floor's)."""
+    return min(num_samples // world_size, held_out // 2)
+
+
 def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> dict[str, Tensor]:
     """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank."""
     trainer = module.trainer
-    m = min(module.hparams.val_num_samples // trainer.world_size, len(real) // 2)
+    m = samples_per_rank(module.hparams.val_num_samples, trainer.world_size, len(real))
     m = int(trainer.strategy.reduce(torch.tensor(m, device=module.device), reduce_op="min"))
     real_a, real_b = real[:m], real[m : 2 * m]
     labels_a = labels[:m] if labels is not None else None  # generated with the class proportions of real_a
