@@ -9,9 +9,7 @@ from conftest import CONFIGS, cpu_overrides
 FAST = ["--trainer.fast_dev_run", "true"]
 
 
-# mnist_cond_edm/_flow train, reload, sample and export through the CLI in test_formulations; their UNet is mnist_cond's
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.stem not in ("mnist_cond_edm", "mnist_cond_flow")],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path, fake_mnist_root, fake_celeb_dir, monkeypatch):
     # generated CIFAR-10 batches cannot match the real checksums
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5=None: True)
