@@ -7,13 +7,17 @@ with this callback attributes each call to the training batch in progress (or to
 
 from __future__ import annotations
 
+import importlib.util
 import traceback
+import warnings
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.distributed as dist
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 TENSOR_METHODS = ("item", "__bool__", "tolist", "cpu", "numpy", "__float__", "__int__")
@@ -94,24 +98,110 @@ class SyncCounter(Callback):
         return [self.per_batch.get(i, 0) for i in range(num_batches)]
 
 
+class CudaSyncCounter(Callback):
+    """CUDA's own count of host syncs per training batch, on a GPU: `torch.cuda.set_sync_debug_mode("warn")` makes
+    every synchronizing CUDA call (a copy to the host, a stream or device synchronize) warn, whatever Python code made
+    it, so this sees what the method wrappers of SyncCounter would miss (a boolean mask, `nonzero`, a copy into a host
+    tensor). `per_batch` as in SyncCounter; syncs in validation are not counted."""
+
+    MESSAGE = "called a synchronizing CUDA operation"
+
+    def __init__(self) -> None:
+        self.per_batch: dict[int, int] = defaultdict(int)
+        self._batch: Optional[int] = None
+        self._caught: Optional[warnings.catch_warnings] = None
+        self._record: list[warnings.WarningMessage] = []
+        self._in_validation = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type != "cuda":
+            return
+        self._caught = warnings.catch_warnings(record=True)
+        self._record = self._caught.__enter__()
+        warnings.simplefilter("always")  # every occurrence, not the first per call site
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _attribute(self) -> None:
+        if self._batch is not None and not self._in_validation:
+            self.per_batch[self._batch] += sum(self.MESSAGE in str(w.message) for w in self._record)
+        self._record.clear()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._attribute()
+        self._in_validation = False
+        self._batch = trainer.fit_loop.epoch_loop.total_batch_idx
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._attribute()
+        self._in_validation = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._caught is None:
+            return
+        self._attribute()
+        torch.cuda.set_sync_debug_mode("default")
+        self._caught.__exit__(None, None, None)
+        self._caught = None
+
+    def training_counts(self, num_batches: int) -> list[int]:
+        return [self.per_batch.get(i, 0) for i in range(num_batches)]
+
+
+def count_syncs(config: Path, overrides: list[str], steps: int, log_every_n_steps: int, output_dir: Path):
+    """Fits `config` through the real CLI for `steps` steps without validation, with both counters: (SyncCounter,
+    CudaSyncCounter, training batches per epoch)."""
+    from lightning_diffusion.cli import DiffusionCLI
+
+    python, cuda = SyncCounter(), CudaSyncCounter()
+    run = DiffusionCLI(args=["--config", str(config), *overrides, "--trainer.max_epochs", "-1",
+                             "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", str(log_every_n_steps),
+                             "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                             "--output_dir", str(output_dir)], run=False)
+    run.trainer.callbacks[:0] = [python, cuda]
+    run.trainer.fit(run.model, run.datamodule)
+    return python, cuda, run.trainer.num_training_batches
+
+
+def device_overrides(config: Path, device: str, data_root: Path, celeb_dir: Path) -> list[str]:
+    """The tests' tiny sizes of a config (tests/conftest.py cpu_overrides); on a GPU, in the config's own precision
+    (bf16-mixed for the image configs) with pinned memory, as a user's run."""
+    from conftest import cpu_overrides
+
+    overrides = cpu_overrides(config, data_root, celeb_dir)
+    if device == "cpu":
+        return overrides
+    precision = yaml.safe_load(config.read_text())["trainer"].get("precision", "32-true")
+    replaced = {"--trainer.accelerator": "gpu", "--trainer.precision": str(precision), "--data.init_args.pin_memory": "true"}
+    for i, arg in enumerate(overrides[:-1]):
+        if arg in replaced:
+            overrides[i + 1] = replaced.pop(arg)
+    overrides += [a for item in replaced.items() if item[0] != "--data.init_args.pin_memory" for a in item]
+    if importlib.util.find_spec("wandb") is None:  # a GPU machine that lacks W&B (celeb_cond logs to it): CSV alone
+        overrides += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "outputs"]
+    return overrides
+
+
 def main(argv: Optional[list[str]] = None) -> str:
     """Host syncs per training step of each config at tiny size on this machine, through the real CLI."""
     import argparse
     import sys
     import tempfile
-    from pathlib import Path
 
     from report import publish
 
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo / "tests"))  # the generated datasets of the tests: no download
-    from conftest import cpu_overrides
     from fakes import make_dataset, write_idx, write_parquet
-
-    from lightning_diffusion.cli import DiffusionCLI
 
     parser = argparse.ArgumentParser(description="host syncs per training step, per config")
     parser.add_argument("--configs", nargs="+", default=["moons", "mnist_cond", "celeb_cond"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--log_every_n_steps", type=int, default=10)
     parser.add_argument("--notes", default=str(repo / "notes" / "benchmarks.md"), help="'' to print only")
@@ -123,23 +213,28 @@ def main(argv: Optional[list[str]] = None) -> str:
         write_parquet(celeb, make_dataset(genders=[0, 1, 2, 3, 1, 2] * 30))  # 120 kept faces: 14 batches an epoch
         for name in args.configs:
             config = repo / "configs" / f"{name}.yaml"
-            counter = SyncCounter()
-            run = DiffusionCLI(args=["--config", str(config), *cpu_overrides(config, root, celeb), "--trainer.max_epochs", "-1",
-                       "--trainer.max_steps", str(args.steps), "--trainer.log_every_n_steps", str(args.log_every_n_steps),
-                       "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-                       "--output_dir", str(Path(tmp) / "outputs")], run=False)
-            run.trainer.callbacks.insert(0, counter)
-            run.trainer.fit(run.model, run.datamodule)
-            counts = counter.training_counts(args.steps)
-            logging = [c for i, c in enumerate(counts) if (i + 1) % args.log_every_n_steps == 0]
-            other = [c for i, c in enumerate(counts) if (i + 1) % args.log_every_n_steps != 0]
-            rows.append(f"| {name} | {args.steps} | {args.log_every_n_steps} | {max(other)} | {max(logging)} | "
-                        f"{', '.join(f'{n} x {site}' for site, n in counter.sites.most_common(3))} |")
+            python, cuda, epoch = count_syncs(config, device_overrides(config, args.device, root, celeb), args.steps,
+                                       args.log_every_n_steps, Path(tmp) / "outputs")
+            columns = []
+            for counter in (python, cuda):  # the most syncs of a step: other / logging / epoch's last (not logging)
+                steps = {"other": [], "logging": [], "last": []}
+                for i, count in enumerate(counter.training_counts(args.steps)):
+                    logging, last = (i + 1) % args.log_every_n_steps == 0, (i + 1) % epoch == 0
+                    steps["logging" if logging else "last" if last else "other"].append(count)
+                columns.append(" / ".join(str(max(counts)) if counts else "-" for counts in steps.values()))
+            if args.device == "cpu":
+                columns[1] = "(a GPU only)"
+            sites = ", ".join(f"{n} x {site}" for site, n in python.sites.most_common(3))
+            rows.append(f"| {name} | {args.device} | {args.steps} | {args.log_every_n_steps} | {epoch} | {columns[0]} | {columns[1]} | {sites} |")
     table = "\n".join([
-        "| config | steps | log every | syncs on other steps (max) | syncs on a logging step (max) | where |",
-        "| --- | --- | --- | --- | --- | --- |", *rows])
-    details = ("each config at tiny size on generated data (tests/fakes.py), fp32 on the CPU, validation off; a sync "
-               "is a call that makes the host wait for a GPU (item, bool, tolist, cpu, numpy, collectives)")
+        "| config | device | steps | log every | batches an epoch | syncs of a step (max): other / logging / epoch's "
+        "last, by the calls | the same, as CUDA counts them | where |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
+    details = ("each config at tiny size on generated data (tests/fakes.py), validation off, fp32 on a CPU and the "
+               "config's precision on a GPU; a sync is a call that makes the host wait for a GPU: counted by wrapping "
+               "item, bool, tolist, cpu, numpy and the collectives, and on a GPU also by CUDA itself "
+               "(torch.cuda.set_sync_debug_mode); the epoch's last batch reads the losses (the non-finite check before "
+               "an end-of-epoch checkpoint)")
     return publish("Host syncs per training step (benchmarks/syncs.py)", argv, details, table, args.notes)
 
 

@@ -22,6 +22,12 @@ def test_overhead_small_mode(tmp_path):
     assert notes.read_text() == report
 
 
+def test_syncs_small_mode():
+    report = load("syncs").main(["--device", "cpu", "--configs", "moons", "--steps", "4", "--log_every_n_steps", "2",
+                                 "--notes", ""])
+    assert "| moons | cpu | 4 | 2 | 78 | 0 / 4 / - | (a GPU only) |" in report
+
+
 def test_dataloader_small_mode(tmp_path):
     report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4",
                                       "--num_digits", "120", "--mnist_batch_size", "8", "--notes", ""])

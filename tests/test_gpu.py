@@ -21,7 +21,7 @@ def test_mixed_precision_trains_and_samples_on_cuda(run_cli, tmp_path, precision
     assert metrics["train/loss"].dropna().notna().all()
     train, val = run.splits()
     assert swd_failure(metrics["val/swd"].dropna().iloc[-1], val[:1000], train) is None
-    x = cli.model.sample(2000, sampler="DPMSolverMultistepScheduler", num_inference_steps=20,
+    x = cli.model.cuda().sample(2000, sampler="DPMSolverMultistepScheduler", num_inference_steps=20,
                          generator=torch.Generator().manual_seed(0))
     assert x.device.type == "cuda" and moons_failures(x.cpu()) == []
 
@@ -36,3 +36,19 @@ def test_compile_on_cuda_gives_a_plain_checkpoint(run_cli, tmp_path, fake_mnist_
     (ckpt,) = (tmp_path / "outputs").rglob("last.ckpt")
     model = DiffusionModule.load_from_checkpoint(ckpt, compile=False).cuda()
     assert torch.isfinite(model.sample(4, class_labels=[0, 1, 2, 3], num_inference_steps=3)).all()
+
+
+@pytest.mark.parametrize("config", ["moons", "mnist_cond", "celeb_cond"])
+def test_cuda_itself_counts_no_host_sync_outside_the_logging_steps(config, tmp_path, fake_mnist_root, fake_celeb_dir):
+    """What tests/test_multi_gpu.py shows on CPU by wrapping the calls that sync, as CUDA reports it
+    (torch.cuda.set_sync_debug_mode): 30 training steps in the config's precision, logging every 10, and no
+    synchronizing CUDA call in any step but the logging ones and an epoch's last."""
+    from syncs import count_syncs, device_overrides
+
+    path = REPO / "configs" / f"{config}.yaml"
+    python, cuda, epoch = count_syncs(path, device_overrides(path, "cuda", fake_mnist_root, fake_celeb_dir), 30, 10,
+                                      tmp_path / "outputs")
+    quiet = [i for i in range(30) if (i + 1) % 10 and (i + 1) % epoch]
+    counts = cuda.training_counts(30)
+    assert [counts[i] for i in quiet] == [0] * len(quiet), counts
+    assert sum(counts) > 0  # the logging steps do read the loss: the count sees syncs
