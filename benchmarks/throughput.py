@@ -1,8 +1,13 @@
 """Training throughput of the image configs: images/s and peak GPU memory for fp32, bf16-mixed, + channels_last,
-+ torch.compile.
++ torch.compile, on one device or under DDP.
 
     python benchmarks/throughput.py                                   # on a CUDA GPU: mnist_cond and celeb_cond
+    python benchmarks/throughput.py --devices 1 2                     # one GPU, then 2-process DDP (2 GPUs)
     python benchmarks/throughput.py --device cpu --steps 2 --notes ''   # the small mode the tests run
+
+Under DDP (`--devices N`, N > 1) each measurement runs in its own `torchrun --standalone --nproc_per_node N`, as a
+multi-GPU run is launched, and every rank trains on the same in-memory batches (no distributed sampler): images/s
+counts all ranks' images, the peak memory is rank 0's.
 
 Each variant trains the config's own DiffusionModule (built by the real CLI from the YAML, so the UNet is the
 configured one) on in-memory random batches of the data's shape and labels, so that the data pipeline is not
@@ -12,6 +17,11 @@ measured here (benchmarks/dataloader.py measures it). Prints a table and appends
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +61,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(config: str, variant: str, device: str, steps: int, warmup: int, batch_size: int | None) -> tuple[float, float]:
-    """images/s and peak memory (GiB, CUDA only) of `steps` training steps after `warmup` ones."""
+def measure(config: str, variant: str, device: str, steps: int, warmup: int, batch_size: int | None,
+            devices: int = 1) -> tuple[float, float]:
+    """images/s (of all `devices`) and peak memory (GiB, CUDA only; rank 0's) of `steps` training steps after `warmup`
+    ones; with `devices` > 1, inside the processes of torchrun (`launch`)."""
     precision, channels_last, compile = VARIANTS[variant]
     cli = DiffusionCLI(run=False, args=[
         "--config", str(REPO / "configs" / f"{config}.yaml"), "--trainer.logger", "false",
@@ -69,15 +81,28 @@ def measure(config: str, variant: str, device: str, steps: int, warmup: int, bat
     ]
     timer = _Timer(warmup)
     trainer = L.Trainer(
-        accelerator=device, devices=1, precision=precision, max_steps=warmup + steps, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[timer],
+        accelerator=device, devices=devices, strategy="ddp" if devices > 1 else "auto", precision=precision,
+        max_steps=warmup + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, callbacks=[timer],
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(model, DataLoader(batches, batch_size=None, pin_memory=device == "cuda"))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return steps * batch / timer.seconds, peak
+    return devices * steps * batch / timer.seconds, peak
+
+
+def launch(args: argparse.Namespace, config: str, variant: str, devices: int) -> tuple[float, float]:
+    """`measure` under `torchrun --standalone --nproc_per_node devices`; rank 0 hands the numbers back in a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+                   __file__, "--configs", config, "--variants", variant, "--device", args.device, "--steps",
+                   str(args.steps), "--warmup", str(args.warmup), "--devices", str(devices), "--notes", "",
+                   "--result_file", result, *(["--batch_size", str(args.batch_size)] if args.batch_size else [])]
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        with open(result) as f:
+            return tuple(json.load(f))
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -88,15 +113,30 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing (compilation happens here)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--devices", type=int, nargs="*", default=[1], help="processes: 1 and/or N > 1 (DDP)")
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
+    parser.add_argument("--result_file", default=None, help=argparse.SUPPRESS)  # launch's rank 0 writes here
     args = parser.parse_args(argv)
+    if args.result_file:  # a rank of `launch`
+        numbers = measure(args.configs[0], args.variants[0], args.device, args.steps, args.warmup, args.batch_size,
+                          args.devices[0])
+        if int(os.environ.get("RANK", 0)) == 0:
+            with open(args.result_file, "w") as f:
+                json.dump(numbers, f)
+        return ""
     rows = []
     for config in args.configs:
-        for variant in args.variants:
-            images_per_second, peak = measure(config, variant, args.device, args.steps, args.warmup, args.batch_size)
-            rows.append(f"| {config} | {variant} | {images_per_second:.1f} | {peak:.2f} |")
-    table = "\n".join(["| config | variant | images/s | peak GiB |", "| --- | --- | --- | --- |", *rows])
-    details = f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches."
+        for devices in args.devices:
+            for variant in args.variants:
+                if devices == 1:
+                    images_per_second, peak = measure(config, variant, args.device, args.steps, args.warmup, args.batch_size)
+                else:
+                    images_per_second, peak = launch(args, config, variant, devices)
+                rows.append(f"| {config} | {devices} | {variant} | {images_per_second:.1f} | {peak:.2f} |")
+    table = "\n".join(["| config | processes | variant | images/s | peak GiB (rank 0) |", "| --- | --- | --- | --- | --- |",
+                       *rows])
+    details = (f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of the "
+               f"config's batch size{f' ({args.batch_size})' if args.batch_size else ''} per process.")
     return publish("Training throughput", argv, details, table, args.notes)
 
 

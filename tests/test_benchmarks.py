@@ -36,11 +36,12 @@ def test_dataloader_small_mode(tmp_path):
 
 
 def test_throughput_small_mode():
+    """One process, then 2-process DDP under torchrun (gloo on the CPU)."""
     report = load("throughput").main([
         "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--configs", "mnist_cond",
-        "--variants", "fp32", "--notes", "",
+        "--variants", "fp32", "--devices", "1", "2", "--notes", "",
     ])
-    assert "| mnist_cond | fp32 |" in report
+    assert "| mnist_cond | 1 | fp32 |" in report and "| mnist_cond | 2 | fp32 |" in report
 
 
 def test_cpu_benchmark_configs_compose(fake_mnist_root, run_cli):
