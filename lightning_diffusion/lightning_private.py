@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.precision import amp
 
 
 def stop_all_ranks(trainer: L.Trainer) -> None:
@@ -31,6 +32,14 @@ def is_last_batch(trainer: L.Trainer) -> bool:
     return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
+def refuses_clipping(trainer: L.Trainer, optimizer: Any) -> bool:
+    """Whether Lightning would raise at the first optimizer step because it cannot clip this optimizer's gradients:
+    gradient clipping in mixed precision (16 or bf16) of an optimizer that unscales its gradients itself (a fused
+    one), Lightning's `MixedPrecision.clip_gradients` condition."""
+    return (bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, amp.MixedPrecision)
+            and amp._optimizer_handles_unscaling(optimizer))
+
+
 def averaged_model(callback: WeightAveraging) -> Any:
     """The AveragedModel of a weight-averaging callback (None before `fit` set it up)."""
     return callback._average_model
@@ -44,6 +53,7 @@ _USED = {  # name -> whether a bare Trainer and the classes still have it
     "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda t: hasattr(
         t.fit_loop.epoch_loop.batch_progress, "is_last_batch"),
     "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
+    "amp._optimizer_handles_unscaling": lambda t: callable(getattr(amp, "_optimizer_handles_unscaling", None)),
 }
 
 

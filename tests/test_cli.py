@@ -11,11 +11,17 @@ FAST = ["--trainer.fast_dev_run", "true"]
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_runs_fast_dev_run(run_cli, config, tmp_path, fake_mnist_root, fake_celeb_dir, monkeypatch):
+    """In test sizes on this CPU, but in the config's own precision (bf16-mixed for the images), so that what the
+    config combines (e.g. mixed precision, gradient clipping and the optimizer) meets Lightning as on a GPU."""
     # generated CIFAR-10 batches cannot match the real checksums
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5=None: True)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cli = run_cli("fit", "--config", str(config), *FAST, *cpu_overrides(config, fake_mnist_root, fake_celeb_dir))
-    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    overrides = cpu_overrides(config, fake_mnist_root, fake_celeb_dir)
+    precision = str(yaml.safe_load(config.read_text())["trainer"].get("precision", "32-true"))
+    if "--trainer.precision" in overrides:
+        overrides[overrides.index("--trainer.precision") + 1] = precision
+    cli = run_cli("fit", "--config", str(config), *FAST, *overrides)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1 and cli.trainer.precision == precision
     if type(cli.model).__name__ == "ImageClassifier":  # the offline judge: no samples to plot
         assert {"train/loss", "val/accuracy"} <= set(cli.trainer.callback_metrics)
         return
