@@ -76,7 +76,7 @@ def test_unet_validation(kwargs, numbers):
 
 def test_unet_save_pretrained_round_trip(tmp_path):
     torch.manual_seed(0)
-    net = UNetDenoiser((1, 8, 8), num_classes=2, **TINY).eval()
+    net = UNetDenoiser((1, 8, 8), num_classes=2, channels_last=True, **TINY).eval()
     net.unet.save_pretrained(tmp_path)
     loaded = UNet2DModel.from_pretrained(tmp_path).eval()
     assert loaded.config.num_class_embeds == 3 and list(loaded.config.block_out_channels) == [16, 32]

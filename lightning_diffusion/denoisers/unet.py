@@ -26,7 +26,8 @@ class UNetDenoiser(nn.Module):
         attention_head_dim: Channels per attention head.
         norm_num_groups: Groups of the GroupNorms; must divide every entry of ``block_out_channels``.
         dropout: Dropout inside the residual blocks.
-        channels_last: Run the convolutions in ``torch.channels_last`` memory format (faster on GPUs).
+        channels_last: Run the convolutions in ``torch.channels_last`` memory format. Off by default: celeb_cond's
+            UNet ran 14-28% slower with it in eager bf16 on an H200 (notes/benchmarks.md); measure it with compile.
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class UNetDenoiser(nn.Module):
         attention_head_dim: int = 8,
         norm_num_groups: int = 32,
         dropout: float = 0.0,
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.sample_shape = tuple(sample_shape)
