@@ -150,6 +150,7 @@ class DiffusionModule(L.LightningModule):
         # (observe_evaluation): the samples (model space) and the x_T of their first sampling call; else None.
         self.evaluation_samples: Optional[Tensor] = None
         self.evaluation_noise: Optional[Tensor] = None
+        self.evaluation_num_samples: Optional[int] = None  # the generated samples the last sample metrics used, all ranks'
         self._observers: Optional[list[StepCallback]] = None  # asked for this evaluation's samples and steps
         self._recorded: Optional[list[Tensor]] = None  # what sample() returns while the metrics generate, if asked
 
@@ -324,13 +325,14 @@ class DiffusionModule(L.LightningModule):
 
     def _log_sample_quality(self, stage: str) -> None:
         real, labels = self._held_out.take()
-        self.evaluation_samples = self.evaluation_noise = None
+        self.evaluation_samples = self.evaluation_noise = self.evaluation_num_samples = None
         if real is None or self.trainer.sanity_checking:
             self._observers = None
             return
         self._recorded = [] if self._observers is not None else None  # sample() keeps what it generates, if asked
         try:
-            metrics = sample_quality(self, real, labels)  # every rank holds the same values: the reduce changes nothing
+            # every rank holds the same values: the reduce changes nothing
+            metrics, self.evaluation_num_samples = sample_quality(self, real, labels)
         finally:
             recorded, self._recorded, self._observers = self._recorded, None, None
         self.evaluation_samples = torch.cat(recorded) if recorded else None

@@ -84,8 +84,9 @@ def samples_per_rank(num_samples: int, world_size: int, held_out: int) -> int:
     return min(num_samples // world_size, held_out // 2)
 
 
-def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> dict[str, Tensor]:
-    """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank."""
+def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> tuple[dict[str, Tensor], int]:
+    """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank; and the number
+    of generated samples they used (all ranks': `val_num_samples` rounded down to a multiple of the ranks)."""
     trainer = module.trainer
     m = samples_per_rank(module.hparams.val_num_samples, trainer.world_size, len(real))
     m = int(trainer.strategy.reduce(torch.tensor(m, device=module.device), reduce_op="min"))
@@ -104,4 +105,4 @@ def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Ten
         images = [module.to_data_space(x).float() for x in (generated, real_a, real_b)]
         for metric in module.sample_metrics:
             metrics |= metric.evaluate(images[0], images[1], images[2], labels_a, labels_b)
-    return metrics
+    return metrics, len(generated)

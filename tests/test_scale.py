@@ -74,6 +74,8 @@ def test_ddp_fit_predict_and_validate_in_one_launch_match_one_device(tmp_path):
          *quiet],
         [*predict, *DDP, "--output_dir", str(tmp_path / "ddp_predict")],
         [*validate, *DDP, "--output_dir", str(tmp_path / "ddp_validate")],
+        # an odd val_num_samples: 511 samples a rank, and the record says 1022, the number used
+        [*validate, *DDP, "--model.val_num_samples", "1023", "--output_dir", str(tmp_path / "ddp_validate_odd")],
     ]
     result = subprocess.run(
         [sys.executable, str(REPO / "tests" / "cli_commands.py"), json.dumps(commands)], cwd=tmp_path,
@@ -100,6 +102,8 @@ def test_ddp_fit_predict_and_validate_in_one_launch_match_one_device(tmp_path):
     (one,) = (tmp_path / "one_validate").rglob("metrics_validate.json")
     ddp, one = json.loads(ddp.read_text()), json.loads(one.read_text())
     assert ddp["num_samples"] == one["num_samples"] == 1024
+    (odd,) = (tmp_path / "ddp_validate_odd").rglob("metrics_validate.json")
+    assert json.loads(odd.read_text())["num_samples"] == 1022
     ddp, one = ddp["metrics"], one["metrics"]
     assert ddp["val/swd_floor"] == pytest.approx(one["val/swd_floor"], rel=1e-4)
     assert ddp["val/mmd_floor"] == pytest.approx(one["val/mmd_floor"], rel=1e-3, abs=1e-6)

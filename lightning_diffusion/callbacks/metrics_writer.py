@@ -27,7 +27,8 @@ class MetricsWriter(Callback):
             "sampler": getattr(pl_module, "sampler_name", hparams.get("sampler")),
             "num_inference_steps": getattr(pl_module, "num_inference_steps", hparams.get("num_inference_steps")),
             "guidance_scale": hparams.get("guidance_scale"),
-            "num_samples": hparams.get("val_num_samples"),
+            # the samples the sample metrics used (val_num_samples, rounded down to a multiple of the ranks)
+            "num_samples": getattr(pl_module, "evaluation_num_samples", None),
             "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
         }
         path = free_path(run_dir(trainer) / f"metrics_{stage}.json")
