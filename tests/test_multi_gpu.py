@@ -94,6 +94,32 @@ def test_ema_options_and_validation_before_the_first_update():
     assert next(every._average_model.parameters()).device.type == "cpu"
 
 
+def test_ema_says_once_that_validation_uses_the_training_weights_and_not_at_the_sanity_check(caplog):
+    """Said at the first real validation before the first update, once; the sanity check (no metrics, before any
+    step, so before any update) says nothing."""
+    import logging
+
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    rank_zero.log.addHandler(caplog.handler)  # rank_zero_info's logger does not propagate to the root
+    caplog.set_level(logging.INFO)
+    try:
+        for ema, said in [(EMA(decay=0.9), 0), (EMA(decay=0.9, update_starting_at_step=1000), 1)]:
+            caplog.clear()
+            L.seed_everything(0)
+            data = Toy2DDataModule(num_samples=64 * 4, num_val_samples=128, batch_size=64)
+            model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,),
+                                    num_inference_steps=2, val_num_samples=16)
+            trainer = L.Trainer(max_epochs=2, callbacks=[ema], logger=False, enable_progress_bar=False,
+                                enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=1)
+            trainer.fit(model, data)
+            # the same record may reach caplog's handler twice (directly and through the root): count records once
+            told = {id(r) for r in caplog.records if "EMA: no update yet" in r.getMessage()}
+            assert len(told) == said, caplog.text
+    finally:
+        rank_zero.log.removeHandler(caplog.handler)
+
+
 def plotted_fit(tmp_path, val_num_samples, trajectory=True):
     """Two epochs of moons, validated after each, with the EMA and both plots of configs/moons.yaml (100 points each);
     returns the module and its sample() calls during validation."""

@@ -119,7 +119,7 @@ class EMA(WeightAveraging):
         if averaged_model(self) is None:
             return
         if not self.num_updates:
-            if not self._said_not_yet:
+            if not self._said_not_yet and not trainer.sanity_checking:  # the sanity check comes before any step
                 first = self.update_starting_at_step or 0
                 rank_zero_info(f"EMA: no update yet (the first comes after step {first}): validation uses the "
                                "training weights until then.")
