@@ -45,7 +45,7 @@ def make_parser() -> ArgumentParser:
         "--all_checkpoints), experiment folders (their newest checkpoint) or .ckpt files.")
     add("--all_checkpoints", type=bool, default=False, help="Every checkpoint of each run folder, not only the last.")
     add("--samples", type=str, nargs="+", default=[], help="samples.npz files written by `predict`, each scored as it "
-        "is (one cell; its sampler, steps and guidance read from the config.yaml beside it).")
+        "is (one cell; its sampler, steps and guidance as the file records them).")
     add("--samplers", type=str, nargs="+", default=None, help="Samplers of the grid (default: each checkpoint's own).")
     add("--steps", type=int, nargs="+", default=None, help="num_inference_steps of the grid (default: each checkpoint's).")
     add("--guidance", type=float, nargs="+", default=None, help="Guidance scales of the grid (default: each checkpoint's).")
@@ -219,7 +219,8 @@ def evaluate(args: Namespace, parser: Optional[ArgumentParser] = None, command: 
 
 
 def score_samples(scorers: Scorers, path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The row of a samples.npz of `predict`, scored as it is; its sampler, steps and guidance from its run's config."""
+    """The row of a samples.npz of `predict`, scored as it is; its sampler, steps and guidance as the file records
+    them (else from its run's config)."""
     start, config = time.perf_counter(), run_config(path)
     data = build_data(config)
     arrays = SampleArrays(path, data)
@@ -230,6 +231,7 @@ def score_samples(scorers: Scorers, path: Path) -> tuple[dict[str, Any], list[st
         scorer.add(accumulated, arrays.x[begin : begin + batch], labels)
     scores = scorer.scores(accumulated)
     options, checkpoint = (config.get("model") or {}).get("init_args") or {}, config.get("ckpt_path")
+    options = {**options, **arrays.sampling}  # the file's own record of its sampling wins over the config's
     step = int(read_checkpoint(checkpoint).get("global_step", 0)) if checkpoint and Path(checkpoint).is_file() else None
     row = {"checkpoint": str(path), "run": f"{run_folder(path).parent.name}/{run_folder(path).name}", "step": step,
            "sampler": options.get("sampler"), "steps": options.get("num_inference_steps"), "nfe": None,

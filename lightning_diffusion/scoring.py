@@ -76,6 +76,9 @@ class SampleArrays(Dataset):
         if path.suffix == ".npz":
             with np.load(path) as arrays:
                 x, labels = torch.from_numpy(arrays["samples"]), arrays.get("class_labels")
+                # what made them (callbacks.sample_writer.sampling_record; absent from files of older versions)
+                self.sampling = {k: arrays[k].item() for k in ("sampler", "num_inference_steps", "guidance_scale")
+                                 if k in arrays}
             if x.dtype == torch.uint8:  # images as predict writes them: (N, H, W, C) in 0..255
                 x = x.permute(0, 3, 1, 2).float() / 255
             self.labels = None if labels is None else torch.from_numpy(labels).long()
@@ -86,7 +89,7 @@ class SampleArrays(Dataset):
             mode = "L" if shape[0] == 1 else "RGB"
             x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert(mode))).reshape(*shape[1:], -1).permute(2, 0, 1)
                              for f in files]).float() / 255
-            self.labels = None
+            self.labels, self.sampling = None, {}
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{path} holds samples of shape {tuple(x.shape[1:])}, but the run's data has {shape}: "
                              "give samples of the run's data.")

@@ -141,6 +141,10 @@ def image_runs(fake_mnist_root, tmp_path_factory):
           "--model.denoiser.init_args.block_out_channels", "[32, 32]", "--model.denoiser.init_args.attention_levels", "[]"])
     main(["predict", *model, "--ckpt_path", "last", "--data.init_args.predict_num_samples", "30",
           "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "2"])
+    # the sampler left to the formulation (its config.yaml says null)
+    main(["predict", *model, "--ckpt_path", str(out / "mnist_cond/version_0/checkpoints/last.ckpt"),
+          "--experiment", "unset_sampler", "--data.init_args.predict_num_samples", "4", "--model.sampler", "null",
+          "--model.num_inference_steps", "2", "--model.guidance_scale", "1.5"])
     return out
 
 
@@ -163,6 +167,16 @@ def test_image_grid_streams_through_the_classifier(image_runs, tmp_path):
     assert scored["nfe"] == "" and float(scored["classifier_fd"]) > 0
     assert (folder / "quality_vs_guidance.png").is_file() and (folder / "quality_vs_nfe.png").is_file()
     assert float(grid[0]["classifier_accuracy_real"]) > 0.9  # the floor set: 30 held-out digits the judge knows
+
+
+def test_scored_samples_name_the_sampler_that_made_them(image_runs, tmp_path):
+    """samples.npz carries its sampler, steps and guidance (predict writes them), also where the config left the
+    sampler to the formulation (before: the row said sampler None)."""
+    predicted = next((image_runs / "unset_sampler").rglob("samples.npz"))
+    folder = run(tmp_path, "--samples", str(predicted), "--reference", "train", "--inception_weights", "null",
+                 "--classifier", str(image_runs / "mnist_classifier"))
+    (row,) = rows_of(folder)[1]
+    assert (row["sampler"], row["steps"], row["guidance"], row["samples"]) == ("DDPMScheduler", "2", "1.5", "4")
 
 
 def test_wandb_gets_the_table_and_the_plots(trained_moons, tmp_path, monkeypatch):

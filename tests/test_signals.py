@@ -370,7 +370,8 @@ def test_an_interrupted_write_of_samples_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", interrupted)
     trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path))
+    module = SimpleNamespace(sampler_name="ddpm", num_inference_steps=2, hparams=SimpleNamespace(guidance_scale=1.0))
     predictions = [{"samples": torch.randn(4, 2), "class_labels": None, "indices": torch.arange(4)}]
     with pytest.raises(KeyboardInterrupt):
-        callbacks.SampleWriter().write_on_epoch_end(trainer, None, predictions, [])
+        callbacks.SampleWriter().write_on_epoch_end(trainer, module, predictions, [])
     assert list(tmp_path.iterdir()) == []

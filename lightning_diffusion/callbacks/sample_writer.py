@@ -18,10 +18,17 @@ from lightning_diffusion.runs import free_path, run_dir
 from lightning_diffusion.plotting import image_grid
 
 
+def sampling_record(module: L.LightningModule) -> dict[str, np.ndarray]:
+    """What made the samples, as 0-d arrays of samples.npz (also where the config left the sampler to the
+    formulation): ``sampler``, ``num_inference_steps``, ``guidance_scale``."""
+    return {"sampler": np.array(module.sampler_name), "num_inference_steps": np.array(module.num_inference_steps),
+            "guidance_scale": np.array(float(module.hparams.guidance_scale))}
+
+
 class SampleWriter(BasePredictionWriter):
     """Writes every sample that `predict` generated to run_dir/samples.npz: ``samples`` (2D points as float32;
-    images as uint8 (N, H, W, C)) and ``class_labels``; images also as PNG grids of `grid_size` samples. Each file
-    appears complete or not at all, and the grids only with their samples.npz.
+    images as uint8 (N, H, W, C)), ``class_labels`` and the sampling choices (`sampling_record`); images also as PNG
+    grids of `grid_size` samples. Each file appears complete or not at all, and the grids only with their samples.npz.
 
     Args:
         filename: Name of the .npz file in the run folder (a -1, -2, ... suffix is added rather than overwrite).
@@ -49,7 +56,7 @@ class SampleWriter(BasePredictionWriter):
         position = {int(i): k for k, i in enumerate(indices)}
         order = torch.tensor([position[i] for i in sorted(position)])
         samples = torch.cat(parts["samples"])[order]
-        arrays = {"samples": samples.numpy()}
+        arrays = {"samples": samples.numpy(), **sampling_record(pl_module)}
         if parts["class_labels"][0] is not None:
             arrays["class_labels"] = torch.cat(parts["class_labels"])[order].numpy()
         folder = run_dir(trainer)
