@@ -36,7 +36,7 @@ def refuses_clipping(trainer: L.Trainer, optimizer: Any) -> bool:
     """Whether Lightning would raise at the first optimizer step because it cannot clip this optimizer's gradients:
     gradient clipping in mixed precision (16 or bf16) of an optimizer that unscales its gradients itself (a fused
     one), Lightning's `MixedPrecision.clip_gradients` condition."""
-    return (bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, amp.MixedPrecision)
+    return ((trainer.gradient_clip_val or 0) > 0 and isinstance(trainer.precision_plugin, amp.MixedPrecision)
             and amp._optimizer_handles_unscaling(optimizer))
 
 

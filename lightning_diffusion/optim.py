@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 
 from lightning_diffusion.lightning_private import refuses_clipping
 
@@ -23,6 +24,22 @@ class SharedFactory:
         return self
 
 
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # how an optimizer computes, not what
+
+
+def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """Resuming loads the checkpoint's param groups whole, `fused` and `foreach` too: a run saved unfused would go
+    on unfused under a `fused: true` config (and, in 16-mixed, fail at its first step, the GradScaler expecting a
+    fused step). After any `load_state_dict`, the groups take back the implementation they were built with."""
+    built = [{key: group[key] for key in IMPLEMENTATION if key in group} for group in optimizer.param_groups]
+
+    def restore(optimizer: torch.optim.Optimizer) -> None:
+        for group, flags in zip(optimizer.param_groups, built):
+            group.update(flags)
+
+    optimizer.register_load_state_dict_post_hook(restore)
+
+
 def configure_optimizers(module: L.LightningModule) -> Any:
     """The optimizer of `module.optimizer_fn` and, if any, the LR scheduler of `module.lr_scheduler_fn`, stepped
     every `lr_scheduler_interval` (a hyperparameter)."""
@@ -34,6 +51,7 @@ def configure_optimizers(module: L.LightningModule) -> Any:
             f"gradients of a fused {type(optimizer).__name__} in mixed precision; set the optimizer's fused: false, "
             "or drop gradient_clip_val."
         )
+    keep_implementation(optimizer)
     if module.lr_scheduler_fn is None:
         return optimizer
     scheduler = module.lr_scheduler_fn(optimizer)

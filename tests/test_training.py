@@ -103,3 +103,45 @@ def test_validate_on_a_checkpoint_writes_metrics_json(trained_moons, tmp_path):
     # the same EMA weights, sampler and noise as the last validation of fit: the same number
     fit_metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["val/swd"] == pytest.approx(fit_metrics["val/swd"].dropna().iloc[-1], rel=1e-5)
+
+
+def test_the_module_not_the_checkpoint_decides_the_optimizer_implementation(tmp_path):
+    """A checkpoint's param groups carry fused/foreach: a run saved unfused and resumed by a module whose optimizer
+    is fused went on unfused with an optimizer built fused (under 16-mixed it failed at its first step, the
+    GradScaler expecting a fused step). The CLI resumes with the checkpoint's own hyperparameters; the Python API
+    can change them."""
+    import lightning as L
+    from diffusers import DDPMScheduler
+
+    from lightning_diffusion.denoisers import MLPDenoiser
+
+    def fit(fused, max_epochs, ckpt_path=None):
+        L.seed_everything(0)
+        model = DiffusionModule(MLPDenoiser(hidden_dim=16, num_blocks=1), DDPMScheduler(), sample_shape=(2,),
+                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=fused),
+                                num_inference_steps=2, val_num_samples=16)
+        trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(model, Toy2DDataModule(num_samples=256, num_val_samples=64, batch_size=64), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(False, 1)
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    (optimizer,) = fit(True, 2, ckpt_path=ckpt).optimizers
+    assert optimizer.param_groups[0]["fused"] is True and optimizer._step_supports_amp_scaling
+
+
+@pytest.mark.parametrize("precision, clip, fused, refused", [
+    ("bf16-mixed", 1.0, True, True), ("bf16-mixed", 1.0, False, False), ("bf16-mixed", None, True, False),
+    ("32-true", 1.0, True, False), ("bf16-true", 1.0, True, False), ("bf16-mixed", -1.0, True, False),
+])
+def test_clipping_a_fused_optimizer_is_refused_exactly_where_lightning_would_fail(precision, clip, fused, refused):
+    """Lightning refuses at the first step where it clips (gradient_clip_val > 0) in mixed precision an optimizer
+    that unscales its gradients itself; we say so before training, there and nowhere else."""
+    import lightning as L
+
+    from lightning_diffusion.lightning_private import refuses_clipping
+
+    trainer = L.Trainer(precision=precision, gradient_clip_val=clip, logger=False, enable_progress_bar=False)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=fused)
+    assert refuses_clipping(trainer, optimizer) is refused
