@@ -111,6 +111,8 @@ class CudaSyncCounter(Callback):
         self._batch: Optional[int] = None
         self._caught: Optional[warnings.catch_warnings] = None
         self._record: list[warnings.WarningMessage] = []
+        self._others: list[warnings.WarningMessage] = []  # every other warning, shown again at the end
+        self._mode = 0  # the sync debug mode before
         self._in_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -119,11 +121,14 @@ class CudaSyncCounter(Callback):
         self._caught = warnings.catch_warnings(record=True)
         self._record = self._caught.__enter__()
         warnings.simplefilter("always")  # every occurrence, not the first per call site
+        self._mode = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("warn")
 
     def _attribute(self) -> None:
+        syncs = [w for w in self._record if self.MESSAGE in str(w.message)]
         if self._batch is not None and not self._in_validation:
-            self.per_batch[self._batch] += sum(self.MESSAGE in str(w.message) for w in self._record)
+            self.per_batch[self._batch] += len(syncs)
+        self._others += [w for w in self._record if self.MESSAGE not in str(w.message)]
         self._record.clear()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -145,9 +150,12 @@ class CudaSyncCounter(Callback):
         if self._caught is None:
             return
         self._attribute()
-        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.set_sync_debug_mode(self._mode)
         self._caught.__exit__(None, None, None)
         self._caught = None
+        for w in self._others:  # under the filters of before, as if never caught
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        self._others.clear()
 
     def training_counts(self, num_batches: int) -> list[int]:
         return [self.per_batch.get(i, 0) for i in range(num_batches)]

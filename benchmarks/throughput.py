@@ -86,6 +86,7 @@ def measure(config: str, variant: str, device: str, steps: int, warmup: int, bat
         enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, callbacks=[timer],
     )
     if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # each rank on its own GPU, also for the stats
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(model, DataLoader(batches, batch_size=None, pin_memory=device == "cuda"))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")

@@ -86,7 +86,7 @@ def samples_per_rank(num_samples: int, world_size: int, held_out: int) -> int:
 
 def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> tuple[dict[str, Tensor], int]:
     """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank; and the number
-    of generated samples they used (all ranks': `val_num_samples` rounded down to a multiple of the ranks)."""
+    of generated samples they used, all ranks' (`val_num_samples`, rounded down to a multiple of the ranks)."""
     trainer = module.trainer
     m = samples_per_rank(module.hparams.val_num_samples, trainer.world_size, len(real))
     m = int(trainer.strategy.reduce(torch.tensor(m, device=module.device), reduce_op="min"))
