@@ -185,11 +185,9 @@ def device_overrides(config: Path, device: str, data_root: Path, celeb_dir: Path
     if device == "cpu":
         return overrides
     precision = yaml.safe_load(config.read_text())["trainer"].get("precision", "32-true")
-    replaced = {"--trainer.accelerator": "gpu", "--trainer.precision": str(precision), "--data.init_args.pin_memory": "true"}
-    for i, arg in enumerate(overrides[:-1]):
-        if arg in replaced:
-            overrides[i + 1] = replaced.pop(arg)
-    overrides += [a for item in replaced.items() if item[0] != "--data.init_args.pin_memory" for a in item]
+    overrides += ["--trainer.accelerator", "gpu", "--trainer.precision", str(precision)]  # later options win
+    if "--data.init_args.pin_memory" in overrides:  # the image data
+        overrides += ["--data.init_args.pin_memory", "true"]
     if importlib.util.find_spec("wandb") is None:  # a GPU machine that lacks W&B (celeb_cond logs to it): CSV alone
         overrides += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "outputs"]
     return overrides

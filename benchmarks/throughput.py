@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> str:
                 rows.append(f"| {config} | {devices} | {variant} | {images_per_second:.1f} | {peak:.2f} |")
     table = "\n".join(["| config | processes | variant | images/s | peak GiB (rank 0) |", "| --- | --- | --- | --- | --- |",
                        *rows])
-    details = (f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of the "
-               f"config's batch size{f' ({args.batch_size})' if args.batch_size else ''} per process.")
+    size = args.batch_size or "the config's batch size"
+    details = (f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of "
+               f"{size} per process.")
     return publish("Training throughput", argv, details, table, args.notes)
 
 
