@@ -21,11 +21,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from PIL import Image
-
-from report import publish
-
 from mnist_5k import write_idx
+from PIL import Image
+from report import publish
 
 from lightning_diffusion.data import CelebFacesDataModule, TorchvisionDataModule
 
@@ -34,7 +32,7 @@ def generated_portraits(folder: Path, n: int, width: int = 300, height: int = 45
     """n JPEG portraits of smooth random colour fields with the dataset's columns, as parquet under folder/data."""
     rng = np.random.default_rng(0)
     images, genders = [], []
-    for i in range(n):
+    for _i in range(n):
         field = rng.integers(0, 256, (height // 30, width // 30, 3), dtype=np.uint8)
         image = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
@@ -78,7 +76,9 @@ def epochs(data, workers: list[int], stage: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=None, help="a parquet/save_to_disk folder or a hub id (default: generated)")
+    parser.add_argument(
+        "--dataset", default=None, help="a parquet/save_to_disk folder or a hub id (default: generated)"
+    )
     parser.add_argument("--num_images", type=int, default=2000, help="generated portraits when --dataset is not given")
     parser.add_argument("--root", default=None, help="data root for the cache (default: a temporary folder)")
     parser.add_argument("--batch_size", type=int, default=64, help="CelebFaces batch (configs/celeb_cond.yaml's)")
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset or str(generated_portraits(Path(tmp) / "portraits", args.num_images))
         root = args.root or str(Path(tmp) / "data")
-        data = CelebFacesDataModule(dataset=dataset, root=root, num_val_samples=0 if args.num_images < 100 else 100,
-                                    batch_size=args.batch_size)
+        data = CelebFacesDataModule(
+            dataset=dataset, root=root, num_val_samples=0 if args.num_images < 100 else 100, batch_size=args.batch_size
+        )
         start = time.perf_counter()
         data.prepare_data()  # decode, crop, resize, cache: once
         decode_seconds = time.perf_counter() - start
@@ -103,15 +104,23 @@ def main(argv: list[str] | None = None) -> str:
         rows += epochs(data, args.workers, "CelebFaces: train epoch from the cache")
 
         mnist_root = args.mnist_root or str(generated_digits(Path(tmp) / "digits", args.num_digits))
-        digits = TorchvisionDataModule(root=mnist_root, download=False, labels=True, pad_to_32=True, num_val_samples=0,
-                                 batch_size=args.mnist_batch_size)  # the epoch: every training digit
+        digits = TorchvisionDataModule(
+            root=mnist_root,
+            download=False,
+            labels=True,
+            pad_to_32=True,
+            num_val_samples=0,
+            batch_size=args.mnist_batch_size,
+        )  # the epoch: every training digit
         digits.prepare_data()
         digits.setup("fit")
         rows += epochs(digits, args.workers, f"MNIST: train epoch ({len(digits.train_dataloader().dataset)} digits)")
     table = "\n".join(["| stage | workers | images/s |", "| --- | --- | --- |", *rows])
     celeb = args.dataset or "generated 300x450 JPEG portraits"
-    details = (f"CelebFaces: batch {args.batch_size}, 64x64, random flips, source {celeb}; MNIST: batch "
-               f"{args.mnist_batch_size}, padded to 32x32, source {args.mnist_root or 'generated digits'}.")
+    details = (
+        f"CelebFaces: batch {args.batch_size}, 64x64, random flips, source {celeb}; MNIST: batch "
+        f"{args.mnist_batch_size}, padded to 32x32, source {args.mnist_root or 'generated digits'}."
+    )
     return publish("Data loading", argv, details, table, args.notes)
 
 

@@ -24,7 +24,9 @@ def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, num_test: in
     folder.mkdir(parents=True, exist_ok=True)
     for split, index in splits.items():
         n = len(index)
-        (folder / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images[index].tobytes())
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 0x803, n, 28, 28) + images[index].tobytes()
+        )
         (folder / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels[index].tobytes())
 
 

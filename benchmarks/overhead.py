@@ -28,12 +28,12 @@ import time
 import lightning as L
 import torch
 from diffusers import DDPMScheduler
+from report import publish
 from torch.utils.data import DataLoader
 
-from report import publish
-
-from lightning_diffusion import DiffusionModule, diffusion
+from lightning_diffusion import DiffusionModule
 from lightning_diffusion.denoisers import MLPDenoiser, UNetDenoiser
+from lightning_diffusion.formulations import ddpm as diffusion
 
 
 class Scale(torch.nn.Module):
@@ -53,7 +53,9 @@ def cases(device: str) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int,
     of configs/moons.yaml and the UNet of configs/mnist.yaml (a smaller batch and fewer steps on CPU, where one UNet
     step takes about a second)."""
     cuda = device == "cuda"
-    unet = UNetDenoiser(sample_shape=(1, 32, 32), block_out_channels=[64, 128, 256], attention_levels=[2], channels_last=cuda)
+    unet = UNetDenoiser(
+        sample_shape=(1, 32, 32), block_out_channels=[64, 128, 256], attention_levels=[2], channels_last=cuda
+    )
     return {
         "Scale (1 parameter)": (Scale(), (2,), 8, 2000),
         "MLP 2D (moons.yaml)": (MLPDenoiser(hidden_dim=128, num_blocks=3), (2,), 256, 300),
@@ -100,12 +102,23 @@ class _Timer(L.Callback):
 
 def lightning_loop(denoiser, scheduler, batches, device, fused: bool = False) -> float:
     """Steps per second of DiffusionModule under the Trainer (with `fused`: AdamW as configs/ ship it)."""
-    model = DiffusionModule(denoiser, scheduler, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4, fused=fused),
-                            sample_shape=tuple(batches[0].shape[1:]))
+    model = DiffusionModule(
+        denoiser,
+        scheduler,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4, fused=fused),
+        sample_shape=tuple(batches[0].shape[1:]),
+    )
     timer = _Timer()
     trainer = L.Trainer(
-        accelerator=device, devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        accelerator=device,
+        devices=1,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
     )
     trainer.fit(model, loader(batches, device))
     return timer.steps_per_second
@@ -143,16 +156,23 @@ def main(argv: list[str] | None = None) -> str:
             n = len(batches) - 1
             spread = " / ".join(f"{min(times):.2f}-{max(times):.2f}" for times in (plain, framework, shipped))
             extra_us = 1e6 / f - 1e6 / p  # the framework's time per step beyond the plain loop's
-            rows.append(f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% "
-                        f"| {extra_us:+.0f} | {s:.2f} | {s / p:.2f}x | {spread} |")
-    table = "\n".join([
-        "| case | device | batch | steps | plain loop steps/s | Lightning steps/s (same optimizer) | overhead "
-        "| Lightning's extra us/step | Lightning steps/s, fused AdamW (as configs/ ship it) | vs plain loop "
-        "| range plain / Lightning / fused |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
-    ])
-    details = (f"lightning {L.__version__}, median of {args.repeats} alternating measurements; load average "
-               f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.")
+            rows.append(
+                f"| {name} | {device} | {batch_size} | {n} | {p:.2f} | {f:.2f} | {100 * (p - f) / p:+.1f}% "
+                f"| {extra_us:+.0f} | {s:.2f} | {s / p:.2f}x | {spread} |"
+            )
+    table = "\n".join(
+        [
+            "| case | device | batch | steps | plain loop steps/s | Lightning steps/s (same optimizer) | overhead "
+            "| Lightning's extra us/step | Lightning steps/s, fused AdamW (as configs/ ship it) | vs plain loop "
+            "| range plain / Lightning / fused |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
+    details = (
+        f"lightning {L.__version__}, median of {args.repeats} alternating measurements; load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after."
+    )
     return publish("Framework overhead", argv, details, table, args.notes)
 
 

@@ -1,4 +1,4 @@
-"""Sample quality and wall time of samplers on a trained 2D checkpoint: a table made by `lightning_diffusion.evaluate`.
+"""Sample quality and wall time of samplers on a trained 2D checkpoint: a table made by `lightning_diffusion.tools.evaluate`.
 
     python benchmarks/samplers_2d.py --ckpt outputs/moons/version_0/checkpoints/last.ckpt
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from report import publish
 
-from lightning_diffusion import evaluate
-from lightning_diffusion.eval_report import read_rows
+from lightning_diffusion.tools import evaluate
+from lightning_diffusion.tools.report import read_rows
 
 SAMPLERS = [
     ("DDPMScheduler", 1000),
@@ -38,8 +38,17 @@ def parse_samplers(pairs: list[str] | None) -> list[tuple[str, int]]:
 def run_evaluate(ckpt: Path, samplers: list[tuple[str, int]], options: list[str]) -> tuple[list[dict], Path]:
     """evaluate's rows for these (sampler, steps) cells, in their order, and its folder."""
     parser = evaluate.make_parser()
-    args = parser.parse_args(["--runs", str(ckpt), "--cells", *[f"{name}:{steps}" for name, steps in samplers],
-                              "--progress", "false", *options])
+    args = parser.parse_args(
+        [
+            "--runs",
+            str(ckpt),
+            "--cells",
+            *[f"{name}:{steps}" for name, steps in samplers],
+            "--progress",
+            "false",
+            *options,
+        ]
+    )
     folder = evaluate.evaluate(args, parser, "benchmarks: " + " ".join(["--runs", str(ckpt), *options]))
     _, rows = read_rows(folder / "results.csv")
     by_cell = {(row["sampler"], row["steps"]): row for row in rows}
@@ -62,21 +71,30 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     samplers = parse_samplers(args.samplers)
     options = ["--num_samples", str(args.num_samples), "--num_seeds", str(args.num_seeds)]
-    rows, folder = run_evaluate(args.ckpt, samplers, options + (["--output_dir", args.output_dir] if args.output_dir else []))
+    rows, folder = run_evaluate(
+        args.ckpt, samplers, options + (["--output_dir", args.output_dir] if args.output_dir else [])
+    )
 
     reference = rows[0]["swd"]  # the first sampler's SWD (DDPM 1000 in the standard set), the yardstick
     floor = rows[0]
     lines = [f"| real vs real (floor) | - | {spread(floor, 'swd_floor', 4)} | 1.00 | - | - | - |"]
     for row in rows:
-        lines.append(f"| {row['sampler']} | {row['steps']} | {spread(row, 'swd', 4)} | {spread(row, 'swd_ratio', 2)} | "
-                     f"{row['swd'] / reference:.2f} | {row['nfe']} | {row['seconds'] / row['seeds']:.2f} |")
+        lines.append(
+            f"| {row['sampler']} | {row['steps']} | {spread(row, 'swd', 4)} | {spread(row, 'swd_ratio', 2)} | "
+            f"{row['swd'] / reference:.2f} | {row['nfe']} | {row['seconds'] / row['seeds']:.2f} |"
+        )
     first = f"{samplers[0][0]} {samplers[0][1]}"
-    table = "\n".join([
-        f"| sampler | steps | SWD | SWD / floor | SWD / {first}'s | NFE | seconds per seed |",
-        "| --- | --- | --- | --- | --- | --- | --- |", *lines,
-    ])
-    details = (f"{args.num_samples} samples, SWD in the standardized space, mean ± standard deviation over "
-               f"{args.num_seeds} sample seeds (the floor ± the spread of its independent draws); {folder}.")
+    table = "\n".join(
+        [
+            f"| sampler | steps | SWD | SWD / floor | SWD / {first}'s | NFE | seconds per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *lines,
+        ]
+    )
+    details = (
+        f"{args.num_samples} samples, SWD in the standardized space, mean ± standard deviation over "
+        f"{args.num_seeds} sample seeds (the floor ± the spread of its independent draws); {folder}."
+    )
     return publish("2D samplers", argv, details, table, args.notes)
 
 

@@ -1,5 +1,5 @@
 """Sample quality and wall time of samplers on a trained image checkpoint, scored by the offline classifier
-(configs/mnist_classifier.yaml): a table made by `lightning_diffusion.evaluate`.
+(configs/mnist_classifier.yaml): a table made by `lightning_diffusion.tools.evaluate`.
 
     python benchmarks/samplers_images.py --ckpt outputs/mnist_cond/version_0/checkpoints/last.ckpt \
         --classifier outputs/mnist_classifier
@@ -32,8 +32,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--notes", default="notes/benchmarks.md", help="file to append the table to ('': none)")
     args = parser.parse_args(argv)
     samplers = parse_samplers(args.samplers)
-    options = ["--num_samples", str(args.num_samples), "--num_seeds", str(args.num_seeds), "--classifier",
-               args.classifier, "--inception_weights", "null"]
+    options = [
+        "--num_samples",
+        str(args.num_samples),
+        "--num_seeds",
+        str(args.num_seeds),
+        "--classifier",
+        args.classifier,
+        "--inception_weights",
+        "null",
+    ]
     options += ["--guidance", str(args.guidance_scale)] if args.guidance_scale is not None else []
     options += ["--output_dir", args.output_dir] if args.output_dir else []
     rows, folder = run_evaluate(args.ckpt, samplers, options)
@@ -41,22 +49,31 @@ def main(argv: list[str] | None = None) -> str:
     reference = rows[0]["classifier_fd"]  # the first sampler's FD (DDPM 1000 in the standard set), the yardstick
     floor = rows[0]
     accuracy_real = f"{floor['classifier_accuracy_real']:.3f}" if "classifier_accuracy_real" in floor else "-"
-    lines = [f"| real vs real (floor) | - | {floor['classifier_fd_floor']:.3f} | - | {floor['classifier_kid_floor']:.4f} "
-             f"| {accuracy_real} | - | - |"]
+    lines = [
+        f"| real vs real (floor) | - | {floor['classifier_fd_floor']:.3f} | - | {floor['classifier_kid_floor']:.4f} "
+        f"| {accuracy_real} | - | - |"
+    ]
     for row in rows:
         accuracy = spread(row, "classifier_accuracy", 3) if row.get("classifier_accuracy") is not None else "-"
-        lines.append(f"| {row['sampler']} | {row['steps']} | {spread(row, 'classifier_fd', 3)} | "
-                     f"{row['classifier_fd'] / reference:.2f} | {spread(row, 'classifier_kid', 4)} | {accuracy} | "
-                     f"{row['nfe']} | {row['seconds'] / row['seeds']:.1f} |")
+        lines.append(
+            f"| {row['sampler']} | {row['steps']} | {spread(row, 'classifier_fd', 3)} | "
+            f"{row['classifier_fd'] / reference:.2f} | {spread(row, 'classifier_kid', 4)} | {accuracy} | "
+            f"{row['nfe']} | {row['seconds'] / row['seeds']:.1f} |"
+        )
     first = f"{samplers[0][0]} {samplers[0][1]}"
-    table = "\n".join([
-        f"| sampler | steps | classifier FD | FD / {first}'s | classifier KID | class accuracy | NFE | seconds per seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |", *lines,
-    ])
+    table = "\n".join(
+        [
+            f"| sampler | steps | classifier FD | FD / {first}'s | classifier KID | class accuracy | NFE | seconds per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *lines,
+        ]
+    )
     guidance = rows[0]["guidance"]
-    details = (f"{args.num_samples} samples (the classes of the held-out images they are compared with, guidance "
-               f"{guidance}) against {args.num_samples} held-out test images, mean ± standard deviation over "
-               f"{args.num_seeds} sample seeds; classifier {args.classifier}; {folder}.")
+    details = (
+        f"{args.num_samples} samples (the classes of the held-out images they are compared with, guidance "
+        f"{guidance}) against {args.num_samples} held-out test images, mean ± standard deviation over "
+        f"{args.num_seeds} sample seeds; classifier {args.classifier}; {folder}."
+    )
     return publish("Image samplers", argv, details, table, args.notes)
 
 

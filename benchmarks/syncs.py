@@ -12,7 +12,7 @@ import traceback
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,9 +35,9 @@ class SyncCounter(Callback):
     def __init__(self) -> None:
         self.per_batch: dict[Any, int] = defaultdict(int)
         self.sites: Counter = Counter()
-        self._batch: Optional[int] = None
+        self._batch: int | None = None
         self._saved: dict[tuple[Any, str], Any] = {}
-        self._trainer: Optional[L.Trainer] = None
+        self._trainer: L.Trainer | None = None
 
     def _count(self, name: str) -> None:
         trainer = self._trainer
@@ -79,7 +79,9 @@ class SyncCounter(Callback):
         for name in COLLECTIVES:
             self._wrap(dist, name, f"dist.{name}")
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = trainer.fit_loop.epoch_loop.total_batch_idx
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -108,8 +110,8 @@ class CudaSyncCounter(Callback):
 
     def __init__(self) -> None:
         self.per_batch: dict[int, int] = defaultdict(int)
-        self._batch: Optional[int] = None
-        self._caught: Optional[warnings.catch_warnings] = None
+        self._batch: int | None = None
+        self._caught: warnings.catch_warnings | None = None
         self._record: list[warnings.WarningMessage] = []
         self._others: list[warnings.WarningMessage] = []  # every other warning, shown again at the end
         self._mode = 0  # the sync debug mode before
@@ -131,7 +133,9 @@ class CudaSyncCounter(Callback):
         self._others += [w for w in self._record if self.MESSAGE not in str(w.message)]
         self._record.clear()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._attribute()
         self._in_validation = False
         self._batch = trainer.fit_loop.epoch_loop.total_batch_idx
@@ -167,10 +171,26 @@ def count_syncs(config: Path, overrides: list[str], steps: int, log_every_n_step
     from lightning_diffusion.cli import DiffusionCLI
 
     python, cuda = SyncCounter(), CudaSyncCounter()
-    run = DiffusionCLI(args=["--config", str(config), *overrides, "--trainer.max_epochs", "-1",
-                             "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", str(log_every_n_steps),
-                             "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-                             "--output_dir", str(output_dir)], run=False)
+    run = DiffusionCLI(
+        args=[
+            "--config",
+            str(config),
+            *overrides,
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.log_every_n_steps",
+            str(log_every_n_steps),
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--output_dir",
+            str(output_dir),
+        ],
+        run=False,
+    )
     run.trainer.callbacks[:0] = [python, cuda]
     run.trainer.fit(run.model, run.datamodule)
     return python, cuda, run.trainer.num_training_batches
@@ -193,7 +213,7 @@ def device_overrides(config: Path, device: str, data_root: Path, celeb_dir: Path
     return overrides
 
 
-def main(argv: Optional[list[str]] = None) -> str:
+def main(argv: list[str] | None = None) -> str:
     """Host syncs per training step of each config at tiny size on this machine, through the real CLI."""
     import argparse
     import sys
@@ -219,8 +239,13 @@ def main(argv: Optional[list[str]] = None) -> str:
         write_parquet(celeb, make_dataset(genders=[0, 1, 2, 3, 1, 2] * 30))  # 120 kept faces: 14 batches an epoch
         for name in args.configs:
             config = repo / "configs" / f"{name}.yaml"
-            python, cuda, epoch = count_syncs(config, device_overrides(config, args.device, root, celeb), args.steps,
-                                       args.log_every_n_steps, Path(tmp) / "outputs")
+            python, cuda, epoch = count_syncs(
+                config,
+                device_overrides(config, args.device, root, celeb),
+                args.steps,
+                args.log_every_n_steps,
+                Path(tmp) / "outputs",
+            )
             columns = []
             for counter in (python, cuda):  # the most syncs of a step: other / logging / epoch's last (not logging)
                 steps = {"other": [], "logging": [], "last": []}
@@ -231,16 +256,24 @@ def main(argv: Optional[list[str]] = None) -> str:
             if args.device == "cpu":
                 columns[1] = "(a GPU only)"
             sites = ", ".join(f"{n} x {site}" for site, n in python.sites.most_common(3))
-            rows.append(f"| {name} | {args.device} | {args.steps} | {args.log_every_n_steps} | {epoch} | {columns[0]} | {columns[1]} | {sites} |")
-    table = "\n".join([
-        "| config | device | steps | log every | batches an epoch | syncs of a step (max): other / logging / epoch's "
-        "last, by the calls | the same, as CUDA counts them | where |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
-    details = ("each config at tiny size on generated data (tests/fakes.py), validation off, fp32 on a CPU and the "
-               "config's precision on a GPU; a sync is a call that makes the host wait for a GPU: counted by wrapping "
-               "item, bool, tolist, cpu, numpy and the collectives, and on a GPU also by CUDA itself "
-               "(torch.cuda.set_sync_debug_mode); the epoch's last batch reads the losses (the non-finite check before "
-               "an end-of-epoch checkpoint)")
+            rows.append(
+                f"| {name} | {args.device} | {args.steps} | {args.log_every_n_steps} | {epoch} | {columns[0]} | {columns[1]} | {sites} |"
+            )
+    table = "\n".join(
+        [
+            "| config | device | steps | log every | batches an epoch | syncs of a step (max): other / logging / epoch's "
+            "last, by the calls | the same, as CUDA counts them | where |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
+    details = (
+        "each config at tiny size on generated data (tests/fakes.py), validation off, fp32 on a CPU and the "
+        "config's precision on a GPU; a sync is a call that makes the host wait for a GPU: counted by wrapping "
+        "item, bool, tolist, cpu, numpy and the collectives, and on a GPU also by CUDA itself "
+        "(torch.cuda.set_sync_debug_mode); the epoch's last batch reads the losses (the non-finite check before "
+        "an end-of-epoch checkpoint)"
+    )
     return publish("Host syncs per training step (benchmarks/syncs.py)", argv, details, table, args.notes)
 
 

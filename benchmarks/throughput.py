@@ -27,9 +27,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
-
 from report import publish
+from torch.utils.data import DataLoader
 
 from lightning_diffusion.cli import DiffusionCLI
 
@@ -61,29 +60,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(config: str, variant: str, device: str, steps: int, warmup: int, batch_size: int | None,
-            devices: int = 1) -> tuple[float, float]:
+def measure(
+    config: str, variant: str, device: str, steps: int, warmup: int, batch_size: int | None, devices: int = 1
+) -> tuple[float, float]:
     """images/s (of all `devices`) and peak memory (GiB, CUDA only; rank 0's) of `steps` training steps after `warmup`
     ones; with `devices` > 1, inside the processes of torchrun (`launch`)."""
     precision, channels_last, compile = VARIANTS[variant]
-    cli = DiffusionCLI(run=False, args=[
-        "--config", str(REPO / "configs" / f"{config}.yaml"), "--trainer.logger", "false",
-        f"--model.denoiser.init_args.channels_last={channels_last}", f"--model.compile={compile}",
-        "--data.init_args.download=false" if config.startswith("mnist") else "--data.init_args.root=data",
-    ])
+    cli = DiffusionCLI(
+        run=False,
+        args=[
+            "--config",
+            str(REPO / "configs" / f"{config}.yaml"),
+            "--trainer.logger",
+            "false",
+            f"--model.denoiser.init_args.channels_last={channels_last}",
+            f"--model.compile={compile}",
+            "--data.init_args.download=false" if config.startswith("mnist") else "--data.init_args.root=data",
+        ],
+    )
     model, data = cli.model, cli.datamodule
     batch = batch_size or data.batch_size
     num_classes = data.num_classes
     batches = [
         (torch.randn(batch, *data.sample_shape), torch.randint(0, num_classes, (batch,)))
-        if num_classes else (torch.randn(batch, *data.sample_shape),)
+        if num_classes
+        else (torch.randn(batch, *data.sample_shape),)
         for _ in range(warmup + steps)
     ]
     timer = _Timer(warmup)
     trainer = L.Trainer(
-        accelerator=device, devices=devices, strategy="ddp" if devices > 1 else "auto", precision=precision,
-        max_steps=warmup + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, callbacks=[timer],
+        accelerator=device,
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=precision,
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=[timer],
     )
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # each rank on its own GPU, also for the stats
@@ -97,11 +114,34 @@ def launch(args: argparse.Namespace, config: str, variant: str, devices: int) ->
     """`measure` under `torchrun --standalone --nproc_per_node devices`; rank 0 hands the numbers back in a file."""
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result.json")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-                   __file__, "--configs", config, "--variants", variant, "--device", args.device, "--steps",
-                   str(args.steps), "--warmup", str(args.warmup), "--devices", str(devices), "--notes", "",
-                   "--result_file", result, *(["--batch_size", str(args.batch_size)] if args.batch_size else [])]
-        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={devices}",
+            __file__,
+            "--configs",
+            config,
+            "--variants",
+            variant,
+            "--device",
+            args.device,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--devices",
+            str(devices),
+            "--notes",
+            "",
+            "--result_file",
+            result,
+            *(["--batch_size", str(args.batch_size)] if args.batch_size else []),
+        ]
+        subprocess.run(
+            command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        )
         with open(result) as f:
             return tuple(json.load(f))
 
@@ -119,8 +159,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--result_file", default=None, help=argparse.SUPPRESS)  # launch's rank 0 writes here
     args = parser.parse_args(argv)
     if args.result_file:  # a rank of `launch`
-        numbers = measure(args.configs[0], args.variants[0], args.device, args.steps, args.warmup, args.batch_size,
-                          args.devices[0])
+        numbers = measure(
+            args.configs[0], args.variants[0], args.device, args.steps, args.warmup, args.batch_size, args.devices[0]
+        )
         if int(os.environ.get("RANK", 0)) == 0:
             with open(args.result_file, "w") as f:
                 json.dump(numbers, f)
@@ -130,15 +171,20 @@ def main(argv: list[str] | None = None) -> str:
         for devices in args.devices:
             for variant in args.variants:
                 if devices == 1:
-                    images_per_second, peak = measure(config, variant, args.device, args.steps, args.warmup, args.batch_size)
+                    images_per_second, peak = measure(
+                        config, variant, args.device, args.steps, args.warmup, args.batch_size
+                    )
                 else:
                     images_per_second, peak = launch(args, config, variant, devices)
                 rows.append(f"| {config} | {devices} | {variant} | {images_per_second:.1f} | {peak:.2f} |")
-    table = "\n".join(["| config | processes | variant | images/s | peak GiB (rank 0) |", "| --- | --- | --- | --- | --- |",
-                       *rows])
+    table = "\n".join(
+        ["| config | processes | variant | images/s | peak GiB (rank 0) |", "| --- | --- | --- | --- | --- |", *rows]
+    )
     size = args.batch_size or "the config's batch size"
-    details = (f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of "
-               f"{size} per process.")
+    details = (
+        f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of "
+        f"{size} per process."
+    )
     return publish("Training throughput", argv, details, table, args.notes)
 
 

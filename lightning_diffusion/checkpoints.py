@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -31,8 +32,9 @@ def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         head = file.read(4)
     if head != _ZIP_MAGIC:
         what = "empty" if not head else "not a PyTorch zip archive"
-        raise CheckpointError(f"{path} is not a readable checkpoint ({what}: truncated or not a .ckpt): give a "
-                              ".ckpt file of a run.")
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({what}: truncated or not a .ckpt): give a .ckpt file of a run."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except pickle.UnpicklingError as error:
@@ -58,7 +60,7 @@ def _cause(error: BaseException) -> str:
     return line.split(". ")[0].rstrip(".")[:160]
 
 
-def first_readable(candidates: Iterable[Path]) -> Optional[Path]:
+def first_readable(candidates: Iterable[Path]) -> Path | None:
     """The first readable checkpoint of `candidates` (newest first), each unreadable one before it skipped with a
     warning that names it, or None."""
     for path in candidates:
@@ -101,9 +103,29 @@ def drop_built_objects(hparams: dict[str, Any]) -> None:
         hparams.pop("sample_metrics")
 
 
+# Class paths of older checkpoints, before the package had its subpackages: old module -> today's
+MOVED_CLASSES = {
+    "lightning_diffusion.module.DiffusionModule": "lightning_diffusion.DiffusionModule",
+    "lightning_diffusion.classifier.ImageClassifier": "lightning_diffusion.ImageClassifier",
+    "lightning_diffusion.evaluation.InceptionMetrics": "lightning_diffusion.metrics.InceptionMetrics",
+    "lightning_diffusion.evaluation.ClassifierMetrics": "lightning_diffusion.metrics.ClassifierMetrics",
+}
+
+
+def _moved(value: Any) -> Any:
+    """`value` with every class path of MOVED_CLASSES in it replaced, through nested dicts and lists."""
+    if isinstance(value, dict):
+        return {key: _moved(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item) for item in value]
+    return MOVED_CLASSES.get(value, value) if isinstance(value, str) else value
+
+
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of older checkpoints in today's form: the denoiser was built by the CLI with the data's
-    `sample_shape` and `num_classes` among its arguments; now the model calls it with them (a factory)."""
+    """Hyperparameters of older checkpoints in today's form: class paths of modules that moved (MOVED_CLASSES);
+    the denoiser was built by the CLI with the data's `sample_shape` and `num_classes` among its arguments, now
+    the model calls it with them (a factory)."""
+    hparams = _moved(hparams)
     denoiser = hparams.get("denoiser")
     if isinstance(denoiser, dict) and isinstance(denoiser.get("init_args"), dict):
         init_args = {k: v for k, v in denoiser["init_args"].items() if k not in ("sample_shape", "num_classes")}
@@ -127,8 +149,8 @@ def _a(name: str) -> str:
 def check_checkpoint(
     path: str | Path,
     expected: str,
-    sample_shape: Optional[tuple[int, ...]] = None,
-    num_classes: Optional[int] = None,
+    sample_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
     needed_by: str = "this config builds",
     weights_only: bool = True,
 ) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
-
-import torch
+from typing import Any, Literal, Optional
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -20,7 +20,7 @@ from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.errors import import_class, one_line_errors
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
-from lightning_diffusion.module import DiffusionModule
+from lightning_diffusion.model.module import DiffusionModule
 from lightning_diffusion.runs import experiment_name, run_dir
 
 DEFAULT_MODEL = "lightning_diffusion.DiffusionModule"
@@ -36,7 +36,7 @@ class DiffusionCLI(LightningCLI):
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
-        self._run_folder: Optional[Path] = None  # set once the run's version folder is named (_announce)
+        self._run_folder: Path | None = None  # set once the run's version folder is named (_announce)
         # parse errors are raised rather than printed with the usage, so errors.one_line_errors says them in one line
         kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
         try:
@@ -109,13 +109,21 @@ class DiffusionCLI(LightningCLI):
             config.ckpt_path = str(last_checkpoint(config.output_dir, config.experiment))
         model_class = import_class(config.model.class_path)
         sample_shape, num_classes = _data_contract(config)
-        hparams = check_checkpoint(config.ckpt_path, model_class.__name__, sample_shape, num_classes,
-                                   weights_only=config.get("weights_only") is not False)
+        hparams = check_checkpoint(
+            config.ckpt_path,
+            model_class.__name__,
+            sample_shape,
+            num_classes,
+            weights_only=config.get("weights_only") is not False,
+        )
         hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        given = {name: config.model.init_args[name] for name in getattr(model_class, "call_options", ())
-                 if name in config.model.init_args}
+        given = {
+            name: config.model.init_args[name]
+            for name in getattr(model_class, "call_options", ())
+            if name in config.model.init_args
+        }
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         for name, value in given.items():
             self.config[subcommand].model.init_args[name] = value
@@ -245,7 +253,7 @@ def _disposable(path: Path) -> bool:
 _UNTRAINED = {"validate": "measure nothing", "test": "measure nothing", "predict": "sample noise"}
 
 
-def _data_contract(config: Namespace) -> tuple[Optional[tuple[int, ...]], Optional[int]]:
+def _data_contract(config: Namespace) -> tuple[tuple[int, ...] | None, int | None]:
     """The sample shape and classes of the config's data, from its constructor alone (no data is read), so that a
     checkpoint trained on other data is one sentence before the model is built from it."""
     data = config.get("data")
@@ -303,7 +311,7 @@ def _name(logger: Namespace) -> str:
     return logger.class_path.rsplit(".", 1)[-1]
 
 
-def main(args: Optional[list[str]] = None) -> DiffusionCLI:
+def main(args: list[str] | None = None) -> DiffusionCLI:
     """Entry point; `args` lets tests drive the real CLI in-process. An expected error ends as one line
     `error: ...` and a non-zero exit (errors.one_line_errors); LIGHTNING_DIFFUSION_DEBUG=1 shows its traceback."""
     with one_line_errors(sys.argv[1:] if args is None else args):

@@ -18,8 +18,9 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -33,8 +34,14 @@ PROGRAM = "python -m lightning_diffusion"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 _INPUT = (
-    ValueError, ArgumentError, yaml.YAMLError, MisconfigurationException,
-    FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+    ValueError,
+    ArgumentError,
+    yaml.YAMLError,
+    MisconfigurationException,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FileExistsError,
 )
 _RUN = (FloatingPointError, OSError, torch.OutOfMemoryError)
 
@@ -48,7 +55,7 @@ STOPPED_BY_SIGNAL, INTERRUPTED = 128 + signal.SIGTERM, 128 + signal.SIGINT  # ex
 
 
 @contextmanager
-def one_line_errors(args: Optional[Sequence[str]] = None) -> Iterator[None]:
+def one_line_errors(args: Sequence[str] | None = None) -> Iterator[None]:
     """Turns an expected error of the block into `error: <sentence>` on stderr and SystemExit(2 or 1); `args`
     (the command line) lets a YAML error name its file and a parse error its subcommand."""
     try:
@@ -85,11 +92,13 @@ def _say(text: str) -> None:
 
 def interrupted_sentence(error: BaseException) -> str:
     """A Ctrl-C that ended the run (`error` names a second one: callbacks.CheckpointOnSignal)."""
-    return (f"{str(error) or 'interrupted by Ctrl-C'}: nothing was saved since the newest checkpoint; a fit "
-            "resumes from it with --ckpt_path last.")
+    return (
+        f"{str(error) or 'interrupted by Ctrl-C'}: nothing was saved since the newest checkpoint; a fit "
+        "resumes from it with --ckpt_path last."
+    )
 
 
-def sentence(error: BaseException, args: Optional[Sequence[str]] = None) -> str:
+def sentence(error: BaseException, args: Sequence[str] | None = None) -> str:
     """The one line that says `error`."""
     error = _innermost(error)
     if isinstance(error, ArgumentError):
@@ -97,8 +106,10 @@ def sentence(error: BaseException, args: Optional[Sequence[str]] = None) -> str:
     if isinstance(error, yaml.YAMLError):
         return yaml_sentence(error, args)
     if isinstance(error, torch.OutOfMemoryError):
-        return (f"out of GPU memory ({_first_line(error)}): lower data.batch_size (or model.sample_batch_size), "
-                "or train in bf16-mixed precision.")
+        return (
+            f"out of GPU memory ({_first_line(error)}): lower data.batch_size (or model.sample_batch_size), "
+            "or train in bf16-mixed precision."
+        )
     if isinstance(error, OSError) and error.strerror and error.filename:  # from the OS, not one of our sentences
         return os_sentence(error)
     return _one_line(str(error)) or type(error).__name__
@@ -140,14 +151,14 @@ def os_sentence(error: OSError) -> str:
     return f"{paths}: {error.strerror.lower()}: {hint}."
 
 
-def config_files(args: Optional[Sequence[str]]) -> list[str]:
+def config_files(args: Sequence[str] | None) -> list[str]:
     """The files given with --config (or -c) on a command line, to name the one whose YAML is broken."""
     args = list(args or [])
     files = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in ("--config", "-c")]
     return files + [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
 
 
-def yaml_sentence(error: yaml.YAMLError, args: Optional[Sequence[str]] = None) -> str:
+def yaml_sentence(error: yaml.YAMLError, args: Sequence[str] | None = None) -> str:
     where = "a YAML file"
     for path in config_files(args):  # the parser read them from strings: find the broken one
         try:
@@ -164,7 +175,7 @@ def yaml_sentence(error: yaml.YAMLError, args: Optional[Sequence[str]] = None) -
     return f"{where} is not valid YAML ({problem}{at}): fix it there."
 
 
-def _subcommand(args: Optional[Sequence[str]]) -> str:
+def _subcommand(args: Sequence[str] | None) -> str:
     return next((arg for arg in args or [] if arg in SUBCOMMANDS), "fit")
 
 
@@ -200,9 +211,9 @@ def _type_name(text: str) -> str:
     return f"one of {literal.group(1)}" if literal else re.sub(r"<class '([^']+)'>", r"\1", text).strip()
 
 
-def parse_arguments(parser: Any, args: Sequence[str], command: str, required: Optional[str] = None) -> Any:
+def parse_arguments(parser: Any, args: Sequence[str], command: str, required: str | None = None) -> Any:
     """`parser.parse_args(args)` for an entry point other than the training CLI (`command`, e.g.
-    "python -m lightning_diffusion.evaluate", built with exit_on_error=False): a bad command line is one sentence
+    "python -m lightning_diffusion.tools.evaluate", built with exit_on_error=False): a bad command line is one sentence
     whose hints name this command; `required`, if given, is the sentence for missing required arguments."""
     try:
         return parser.parse_args(args)
@@ -212,7 +223,7 @@ def parse_arguments(parser: Any, args: Sequence[str], command: str, required: Op
         raise ValueError(argument_sentence(str(error), args, command)) from error
 
 
-def argument_sentence(message: str, args: Optional[Sequence[str]] = None, command: Optional[str] = None) -> str:
+def argument_sentence(message: str, args: Sequence[str] | None = None, command: str | None = None) -> str:
     """jsonargparse's report of a bad command line or config (a tree of union subtypes) as one sentence; its hints
     name `command` (default: the training CLI's subcommand in `args`)."""
     command = command or f"{PROGRAM} {_subcommand(args)}"
@@ -230,8 +241,7 @@ def argument_sentence(message: str, args: Optional[Sequence[str]] = None, comman
         suggestion = f" (did you mean {close[0]!r}?)" if close else ""
         owner = _short(cls) if cls else f"--{key}"
         help_key = f"--{key}.help {_short(cls)}" if cls and key else "--help"
-        return (f"{owner} has no option {option!r}{suggestion}: `{command} {help_key}` "
-                "lists its options.")
+        return f"{owner} has no option {option!r}{suggestion}: `{command} {help_key}` lists its options."
     if match := re.search(r"does not accept option '([^']+)'", message):
         option = match.group(1)
         section, _, name = option.rpartition(".")
@@ -243,20 +253,29 @@ def argument_sentence(message: str, args: Optional[Sequence[str]] = None, comman
         return f"{match.group(1)!r} is not a subcommand: use one of {match.group(2)} (`{PROGRAM} --help`)."
     if match := re.search(r"the following arguments are required: (.+)", message):
         owner = _short(cls) if cls else (f"--{key}" if key else _subcommand(args))
-        return (f"{owner} needs {match.group(1).strip()}: give the experiment's config with --config "
-                "configs/<experiment>.yaml (for example configs/moons.yaml), or set them on the command line.")
+        return (
+            f"{owner} needs {match.group(1).strip()}: give the experiment's config with --config "
+            "configs/<experiment>.yaml (for example configs/moons.yaml), or set them on the command line."
+        )
     if match := re.search(r"File does not exist: '?([^'\n]+)'?", message):
         if key not in ("", "config"):
             return f"--{key}: {match.group(1)} does not exist: give an existing file."
-        return (f"the config file {match.group(1)} does not exist: give the path of an experiment's YAML "
-                "(for example configs/moons.yaml).")
+        return (
+            f"the config file {match.group(1)} does not exist: give the path of an experiment's YAML "
+            "(for example configs/moons.yaml)."
+        )
     if "Problems parsing config" in message:
         return yaml_sentence(yaml.YAMLError(_one_line(message.split(":", 1)[-1])), args)
-    expected = [(t, got) for t, got in re.findall(r"Expected an? (.+?)(?:\. Got value: (.+))?$", message, re.M)
-                if "NoneType" not in t]
+    expected = [
+        (t, got)
+        for t, got in re.findall(r"Expected an? (.+?)(?:\. Got value: (.+))?$", message, re.M)
+        if "NoneType" not in t
+    ]
     if key and expected:
         types = " or ".join(dict.fromkeys(_type_name(t) for t, _ in expected))
-        given = next((got for _, got in expected if got), None) or next(iter(re.findall(r"Given value: (.+)", message)), "")
+        given = next((got for _, got in expected if got), None) or next(
+            iter(re.findall(r"Given value: (.+)", message)), ""
+        )
         given = re.sub(r"^NestedArg\(key='[^']*', val=(.*)\)$", r"\1", given.strip()).strip("'\"")
         value = f" but got {given!r}" if given and len(given) < 80 else ""
         return f"--{key} expects {types}{value}: fix the value ({help_hint})."

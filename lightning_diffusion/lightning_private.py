@@ -36,8 +36,11 @@ def refuses_clipping(trainer: L.Trainer, optimizer: Any) -> bool:
     """Whether Lightning would raise at the first optimizer step because it cannot clip this optimizer's gradients:
     gradient clipping in mixed precision (16 or bf16) of an optimizer that unscales its gradients itself (a fused
     one), Lightning's `MixedPrecision.clip_gradients` condition."""
-    return ((trainer.gradient_clip_val or 0) > 0 and isinstance(trainer.precision_plugin, amp.MixedPrecision)
-            and amp._optimizer_handles_unscaling(optimizer))
+    return (
+        (trainer.gradient_clip_val or 0) > 0
+        and isinstance(trainer.precision_plugin, amp.MixedPrecision)
+        and amp._optimizer_handles_unscaling(optimizer)
+    )
 
 
 def averaged_model(callback: WeightAveraging) -> Any:
@@ -51,7 +54,8 @@ _USED = {  # name -> whether a bare Trainer and the classes still have it
     "Trainer._logger_connector.should_update_logs": lambda t: hasattr(type(t._logger_connector), "should_update_logs"),
     "WeightAveraging._average_model": lambda t: hasattr(WeightAveraging(), "_average_model"),
     "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda t: hasattr(
-        t.fit_loop.epoch_loop.batch_progress, "is_last_batch"),
+        t.fit_loop.epoch_loop.batch_progress, "is_last_batch"
+    ),
     "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
     "amp._optimizer_handles_unscaling": lambda t: callable(getattr(amp, "_optimizer_handles_unscaling", None)),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
@@ -42,13 +42,13 @@ class WandbLogger(_WandbLogger):
     def __init__(
         self,
         project: str = "lightning-diffusion",
-        name: Optional[str] = None,
-        group: Optional[str] = None,
-        tags: Optional[list[str]] = None,
-        offline: Optional[bool] = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        offline: bool | None = None,
         save_dir: str = "outputs",
         log_model: bool = False,
-        entity: Optional[str] = None,
+        entity: str | None = None,
         **kwargs: Any,
     ) -> None:
         if offline is None:
@@ -61,8 +61,15 @@ class WandbLogger(_WandbLogger):
         os.makedirs(save_dir, exist_ok=True)
         self.given_name = name
         super().__init__(
-            project=project, name=name, group=group, tags=tags, offline=offline, save_dir=save_dir,
-            log_model=log_model, entity=entity, **kwargs,
+            project=project,
+            name=name,
+            group=group,
+            tags=tags,
+            offline=offline,
+            save_dir=save_dir,
+            log_model=log_model,
+            entity=entity,
+            **kwargs,
         )
 
 

@@ -20,7 +20,7 @@ class SharedFactory:
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args)
 
-    def __deepcopy__(self, memo: dict) -> "SharedFactory":
+    def __deepcopy__(self, memo: dict) -> SharedFactory:
         return self
 
 
@@ -34,7 +34,7 @@ def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
     built = [{key: group[key] for key in IMPLEMENTATION if key in group} for group in optimizer.param_groups]
 
     def restore(optimizer: torch.optim.Optimizer) -> None:
-        for group, flags in zip(optimizer.param_groups, built):
+        for group, flags in zip(optimizer.param_groups, built, strict=False):
             group.update(flags)
 
     optimizer.register_load_state_dict_post_hook(restore)
@@ -55,4 +55,7 @@ def configure_optimizers(module: L.LightningModule) -> Any:
     if module.lr_scheduler_fn is None:
         return optimizer
     scheduler = module.lr_scheduler_fn(optimizer)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": module.hparams.lr_scheduler_interval}}
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": module.hparams.lr_scheduler_interval},
+    }

@@ -5,8 +5,8 @@ Figures are built with `matplotlib.figure.Figure` (not pyplot), so nothing depen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -29,7 +29,9 @@ def scatter_figure(real: Tensor, generated: Tensor, title: str = "") -> Figure:
     fig = Figure(figsize=(9, 3.2), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
     for ax, (name, points, color) in zip(
-        axes, [("real", real, REAL_COLOR), ("generated", generated, GENERATED_COLOR), ("overlay", None, None)]
+        axes,
+        [("real", real, REAL_COLOR), ("generated", generated, GENERATED_COLOR), ("overlay", None, None)],
+        strict=False,
     ):
         if points is None:
             ax.scatter(real[:, 0], real[:, 1], s=2, c=REAL_COLOR, alpha=0.4, label="real")

@@ -8,14 +8,14 @@ trainer and the newest resumable checkpoint of an experiment, and never lets a f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 
-def experiment_name(given: Optional[str], config_files: Sequence[object]) -> str:
+def experiment_name(given: str | None, config_files: Sequence[object]) -> str:
     """The experiment is named by the config (`experiment:`), or else by the last config file's name."""
     if given:
         return given
@@ -50,7 +50,7 @@ def resumable_checkpoints(output_dir: str, experiment: str) -> list[Path]:
     return sorted(existing, key=lambda path: path.stat().st_mtime, reverse=True)
 
 
-def newest_checkpoint(output_dir: str, experiment: str) -> Optional[Path]:
+def newest_checkpoint(output_dir: str, experiment: str) -> Path | None:
     """The most recently written resumable checkpoint of the experiment, or None."""
     found = resumable_checkpoints(output_dir, experiment)
     return found[0] if found else None
@@ -67,7 +67,7 @@ def checkpoints_in(path: str | Path) -> list[Path]:
     return [path] if path.is_file() else []
 
 
-def checkpoint_in(path: str | Path) -> Optional[Path]:
+def checkpoint_in(path: str | Path) -> Path | None:
     """The newest checkpoint that `path` names (see checkpoints_in), or None."""
     found = checkpoints_in(path)
     return found[0] if found else None

@@ -2,7 +2,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 # One intra-op thread, here and in the CLI processes the tests start (they inherit it). On a 2-core machine shared
 # with other work, two OpenMP threads wait for each other at every small op: a fit of the moons MLP took 50 s with
@@ -12,7 +11,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-
 from fakes import make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if something imported torch before this file
@@ -65,22 +63,49 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
         return ["--model.num_inference_steps", "10", "--model.val_num_samples", "64"]
     classifier = parsed["model"].get("class_path", "").endswith("ImageClassifier")
     if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
-        data = ["--data.init_args.dataset", str(celeb_dir), "--data.init_args.root", str(data_root),
-                "--data.init_args.num_val_samples", "8"]
+        data = [
+            "--data.init_args.dataset",
+            str(celeb_dir),
+            "--data.init_args.root",
+            str(data_root),
+            "--data.init_args.num_val_samples",
+            "8",
+        ]
     else:
-        data = ["--data.init_args.root", str(data_root), "--data.init_args.download", "false",
-                "--data.init_args.num_val_samples", "16"]
-    data += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false",
-        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "8",
+        data = [
+            "--data.init_args.root",
+            str(data_root),
+            "--data.init_args.download",
+            "false",
+            "--data.init_args.num_val_samples",
+            "16",
+        ]
+    data += [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.pin_memory",
+        "false",
+        "--data.init_args.persistent_workers",
+        "false",
+        "--data.init_args.batch_size",
+        "8",
     ]
     if classifier:
         return [*data, "--model.width", "8"]
     levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
-    return [*data,
+    return [
+        *data,
         # the config's UNet, as many levels and attention blocks, 32 channels wide
-        "--model.denoiser.init_args.block_out_channels", str([32] * levels),
-        "--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2",
+        "--model.denoiser.init_args.block_out_channels",
+        str([32] * levels),
+        "--data.init_args.predict_num_samples",
+        "20",
+        "--model.num_inference_steps",
+        "2",
     ]
 
 
@@ -88,17 +113,29 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
 # 60 epochs (1872 steps), one validation at the end with 1000 samples of its DDPM sampler in 100 steps.
 MOONS_EPOCHS = 24
 TRAINED_MOONS = [
-    "--config", str(REPO / "configs/moons.yaml"), "--trainer.max_epochs", str(MOONS_EPOCHS),
-    "--trainer.check_val_every_n_epoch", str(MOONS_EPOCHS), "--model.lr_scheduler.init_args.T_max", str(MOONS_EPOCHS),
-    "--trainer.log_every_n_steps", "1", "--data.init_args.num_val_samples", "2000", "--model.val_num_samples", "1000",
-    "--model.num_inference_steps", "100",
+    "--config",
+    str(REPO / "configs/moons.yaml"),
+    "--trainer.max_epochs",
+    str(MOONS_EPOCHS),
+    "--trainer.check_val_every_n_epoch",
+    str(MOONS_EPOCHS),
+    "--model.lr_scheduler.init_args.T_max",
+    str(MOONS_EPOCHS),
+    "--trainer.log_every_n_steps",
+    "1",
+    "--data.init_args.num_val_samples",
+    "2000",
+    "--model.val_num_samples",
+    "1000",
+    "--model.num_inference_steps",
+    "100",
 ]
 
 
 @dataclass
 class TrainedMoons:
     run: Path  # the run folder: config.yaml, metrics.csv, checkpoints/last.ckpt, plots/
-    half_trained: Optional[Path] = None  # the same run's checkpoint after 12 of its 24 epochs
+    half_trained: Path | None = None  # the same run's checkpoint after 12 of its 24 epochs
 
     @property
     def last(self) -> Path:
@@ -121,11 +158,27 @@ def trained_moons(tmp_path_factory) -> TrainedMoons:
     half = MOONS_EPOCHS // 2
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.argv", ["lightning_diffusion"])
-        main([
-            "fit", *TRAINED_MOONS, "--output_dir", str(root / "outputs"), "--trainer.enable_progress_bar", "false",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",  # the half-trained checkpoint
-            "--trainer.callbacks.dirpath", str(root / "half"), "--trainer.callbacks.filename", "half-{epoch}",
-            "--trainer.callbacks.every_n_epochs", str(half), "--trainer.callbacks.save_top_k", "-1",
-            "--trainer.callbacks.save_on_train_epoch_end", "true",
-        ])
-    return TrainedMoons(root / "outputs" / "moons" / "version_0", half_trained=root / "half" / f"half-epoch={half - 1}.ckpt")
+        main(
+            [
+                "fit",
+                *TRAINED_MOONS,
+                "--output_dir",
+                str(root / "outputs"),
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",  # the half-trained checkpoint
+                "--trainer.callbacks.dirpath",
+                str(root / "half"),
+                "--trainer.callbacks.filename",
+                "half-{epoch}",
+                "--trainer.callbacks.every_n_epochs",
+                str(half),
+                "--trainer.callbacks.save_top_k",
+                "-1",
+                "--trainer.callbacks.save_on_train_epoch_end",
+                "true",
+            ]
+        )
+    return TrainedMoons(
+        root / "outputs" / "moons" / "version_0", half_trained=root / "half" / f"half-epoch={half - 1}.ckpt"
+    )

@@ -22,13 +22,12 @@ wrong target 0.00.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from sklearn.datasets import make_moons
 from torch import Tensor
 
-from lightning_diffusion.metrics import sliced_wasserstein
+from lightning_diffusion.metrics.distances import sliced_wasserstein
 
 NOISE = 0.05  # configs/moons.yaml
 ON_SUPPORT_RADIUS = 2 * NOISE  # 95% of real points lie this close to the noise-free arcs
@@ -63,7 +62,7 @@ def gaussian_swd(real: Tensor, fit_to: Tensor, seed: int = 0) -> float:
     return sliced_wasserstein(fitted_gaussian(fit_to, len(real), seed), real).item()
 
 
-def swd_failure(swd: float, real: Tensor, fit_to: Tensor) -> Optional[str]:
+def swd_failure(swd: float, real: Tensor, fit_to: Tensor) -> str | None:
     """Why an SWD measured against `real` is no better than a Gaussian fitted to `fit_to` would score, or None."""
     yardstick = gaussian_swd(real, fit_to)
     if swd < SWD_FRACTION * yardstick:

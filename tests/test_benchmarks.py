@@ -16,46 +16,107 @@ def load(name):
 def test_overhead_small_mode(tmp_path):
     notes = tmp_path / "benchmarks.md"
     # the MLP only: the UNet case runs the same two loops, at a second per CPU step
-    report = load("overhead").main(["--steps", "2", "--repeats", "2", "--devices", "cpu", "--cases", "MLP",
-                                    "--notes", str(notes)])
+    report = load("overhead").main(
+        ["--steps", "2", "--repeats", "2", "--devices", "cpu", "--cases", "MLP", "--notes", str(notes)]
+    )
     assert "| MLP 2D (moons.yaml) | cpu | 256 | 2 |" in report and "UNet" not in report
     assert notes.read_text() == report
 
 
 def test_syncs_small_mode():
-    report = load("syncs").main(["--device", "cpu", "--configs", "moons", "--steps", "4", "--log_every_n_steps", "2",
-                                 "--notes", ""])
+    report = load("syncs").main(
+        ["--device", "cpu", "--configs", "moons", "--steps", "4", "--log_every_n_steps", "2", "--notes", ""]
+    )
     assert "| moons | cpu | 4 | 2 | 78 | 0 / 4 / - | (a GPU only) |" in report
 
 
 def test_dataloader_small_mode(tmp_path):
-    report = load("dataloader").main(["--num_images", "40", "--workers", "0", "--batch_size", "4",
-                                      "--num_digits", "120", "--mnist_batch_size", "8", "--notes", ""])
-    assert "| CelebFaces: decode + cache (once," in report and "| CelebFaces: train epoch from the cache | 0 |" in report
+    report = load("dataloader").main(
+        [
+            "--num_images",
+            "40",
+            "--workers",
+            "0",
+            "--batch_size",
+            "4",
+            "--num_digits",
+            "120",
+            "--mnist_batch_size",
+            "8",
+            "--notes",
+            "",
+        ]
+    )
+    assert (
+        "| CelebFaces: decode + cache (once," in report and "| CelebFaces: train epoch from the cache | 0 |" in report
+    )
     assert "| MNIST: train epoch (120 digits) | 0 |" in report
 
 
 def test_throughput_small_mode():
     """One process, then 2-process DDP under torchrun (gloo on the CPU)."""
-    report = load("throughput").main([
-        "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch_size", "2", "--configs", "mnist_cond",
-        "--variants", "fp32", "--devices", "1", "2", "--notes", "",
-    ])
+    report = load("throughput").main(
+        [
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--batch_size",
+            "2",
+            "--configs",
+            "mnist_cond",
+            "--variants",
+            "fp32",
+            "--devices",
+            "1",
+            "2",
+            "--notes",
+            "",
+        ]
+    )
     assert "| mnist_cond | 1 | fp32 |" in report and "| mnist_cond | 2 | fp32 |" in report
 
 
 def test_cpu_benchmark_configs_compose(fake_mnist_root, run_cli):
     """configs/benchmarks/: the classifier and the small UNet of the CPU sampler table, on top of the shipped configs."""
     fragments = ["--config", str(REPO / "configs/benchmarks/mnist_5k_cpu.yaml")]
-    short = ["--data.init_args.root", str(fake_mnist_root), "--data.init_args.num_val_samples", "16",
-             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
-    classifier = run_cli("fit", "--config", str(REPO / "configs/mnist_classifier.yaml"), *fragments,
-                         "--data.init_args.pad_to_32", "false", *short)
-    diffusion = run_cli("fit", "--config", str(REPO / "configs/mnist_cond.yaml"), *fragments,
-                        "--config", str(REPO / "configs/benchmarks/mnist_cond_cpu.yaml"), *short)
+    short = [
+        "--data.init_args.root",
+        str(fake_mnist_root),
+        "--data.init_args.num_val_samples",
+        "16",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    classifier = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/mnist_classifier.yaml"),
+        *fragments,
+        "--data.init_args.pad_to_32",
+        "false",
+        *short,
+    )
+    diffusion = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/mnist_cond.yaml"),
+        *fragments,
+        "--config",
+        str(REPO / "configs/benchmarks/mnist_cond_cpu.yaml"),
+        *short,
+    )
     for cli in (classifier, diffusion):
         assert cli.trainer.global_step == 2 and cli.trainer.precision == "32-true"
-        assert tuple(cli.model.hparams.sample_shape) == (1, 28, 28)  # unpadded: the classifier judges the diffusion model's samples
+        assert tuple(cli.model.hparams.sample_shape) == (
+            1,
+            28,
+            28,
+        )  # unpadded: the classifier judges the diffusion model's samples
     unet = diffusion.model.denoiser.unet
     assert list(unet.config.block_out_channels) == [32, 64, 64] and unet.config.layers_per_block == 1
     assert "Attn" not in "".join(unet.config.down_block_types)

@@ -8,10 +8,11 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-
 from fakes import BRIGHT, DARK, GENDERS, make_dataset, write_parquet
+
 from lightning_diffusion.data import celeb
 from lightning_diffusion.data.celeb import CelebFacesDataModule
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
@@ -52,7 +53,7 @@ def make(dataset, root, **kwargs) -> CelebFacesDataModule:
 
 
 def all_rows(dm: CelebFacesDataModule) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(dm.splits[s][i] for s in ("train", "val") for i in range(len(dm.splits[s]))))
+    xs, ys = zip(*(dm.splits[s][i] for s in ("train", "val") for i in range(len(dm.splits[s]))), strict=False)
     return torch.stack(xs), torch.stack(ys)
 
 

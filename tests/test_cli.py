@@ -2,9 +2,8 @@
 
 import pytest
 import yaml
-from PIL import Image
-
 from conftest import CONFIGS, cpu_overrides
+from PIL import Image
 
 FAST = ["--trainer.fast_dev_run", "true"]
 
@@ -47,16 +46,20 @@ def test_help_shows_every_option_with_its_docstring(run_cli, capsys):
         main(["fit", "--model.help", "DiffusionModule"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ["--model.prediction_type", "--model.formulation", "--model.sampler", "--model.val_num_samples",
-                   "--model.sample_metrics"]:
+    for option in [
+        "--model.prediction_type",
+        "--model.formulation",
+        "--model.sampler",
+        "--model.val_num_samples",
+        "--model.sample_metrics",
+    ]:
         assert option in text
     assert "The sampler of generation" in text
     with pytest.raises(SystemExit) as exit_info:  # a formulation's own options: `--model.formulation.help EDM`
         main(["fit", "--model.formulation.help", "lightning_diffusion.formulations.EDM"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ["--formulation.sigma_data", "--formulation.P_mean",
-                   "Mean of ln(sigma) in training"]:
+    for option in ["--formulation.sigma_data", "--formulation.P_mean", "Mean of ln(sigma) in training"]:
         assert option in text
 
 

@@ -1,12 +1,12 @@
-"""`python -m lightning_diffusion.compare`: two tiny moons runs side by side, written as a report with its plots."""
+"""`python -m lightning_diffusion.tools.compare`: two tiny moons runs side by side, written as a report with its plots."""
 
 import re
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from lightning_diffusion.compare import config_differences, main
+from lightning_diffusion.tools.compare import config_differences, main
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +15,31 @@ def two_runs(tmp_path_factory):
     from lightning_diffusion.cli import main as cli
 
     out = tmp_path_factory.mktemp("compare_runs")
-    tiny = ["fit", "--config", str(REPO / "configs/moons.yaml"), "--trainer.max_epochs", "2",
-            "--trainer.check_val_every_n_epoch", "1", "--model.lr_scheduler.init_args.T_max", "2",
-            "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "256",
-            "--model.val_num_samples", "64", "--model.num_inference_steps", "10", "--trainer.log_every_n_steps", "1",
-            "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    tiny = [
+        "fit",
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--model.lr_scheduler.init_args.T_max",
+        "2",
+        "--data.init_args.num_samples",
+        "1024",
+        "--data.init_args.num_val_samples",
+        "256",
+        "--model.val_num_samples",
+        "64",
+        "--model.num_inference_steps",
+        "10",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.argv", ["lightning_diffusion"])
         cli([*tiny, "--experiment", "moons_v"])
@@ -34,8 +54,12 @@ def test_two_runs_side_by_side(two_runs, tmp_path):
     differences = report.split("## Config differences")[1].split("##")[0]
     keys = set(re.findall(r"^\| ([^|]+?) \| ", differences, re.M)) - {"key", "---"}
     # only the keys that differ: what was asked, and what follows from the experiment's name
-    assert keys == {"experiment", "model.init_args.prediction_type", "trainer.default_root_dir",
-                    "trainer.logger[0].init_args.name"}, keys
+    assert keys == {
+        "experiment",
+        "model.init_args.prediction_type",
+        "trainer.default_root_dir",
+        "trainer.logger[0].init_args.name",
+    }, keys
     assert "| model.init_args.prediction_type | v_prediction | epsilon |" in differences
     finals = report.split("## Final metrics")[1].split("##")[0]
     assert "val/swd_ratio" in finals and "train/loss" in finals and "| moons_eps/version_0 | " in finals
@@ -61,16 +85,27 @@ def test_not_a_run_folder_is_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module, argv, words", [
-    ("evaluate", ["--runz", "x"], "unrecognized arguments: --runz x: `python -m lightning_diffusion.evaluate --help`"),
-    ("evaluate", ["--num_samples", "abc"], "--num_samples expects int but got 'abc'"),
-    ("compare", [], "compare needs run folders: python -m lightning_diffusion.compare outputs/<experiment>/version_N"),
-])
+@pytest.mark.parametrize(
+    "module, argv, words",
+    [
+        (
+            "evaluate",
+            ["--runz", "x"],
+            "unrecognized arguments: --runz x: `python -m lightning_diffusion.tools.evaluate --help`",
+        ),
+        ("evaluate", ["--num_samples", "abc"], "--num_samples expects int but got 'abc'"),
+        (
+            "compare",
+            [],
+            "compare needs run folders: python -m lightning_diffusion.tools.compare outputs/<experiment>/version_N",
+        ),
+    ],
+)
 def test_a_bad_command_line_of_evaluate_or_compare_is_one_sentence_naming_that_command(capsys, module, argv, words):
     import importlib
 
     with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(f"lightning_diffusion.{module}").main(argv)
+        importlib.import_module(f"lightning_diffusion.tools.{module}").main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
     assert "lightning_diffusion fit" not in err

@@ -7,8 +7,8 @@ import torch
 from diffusers import DDPMScheduler
 from fakes import PointMassOracle
 
-from lightning_diffusion import diffusion
-from lightning_diffusion.samplers import build_sampler
+from lightning_diffusion.formulations import ddpm as diffusion
+from lightning_diffusion.formulations.schedulers import build_sampler
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,16 @@ def test_guidance_reduces_exactly():
     assert torch.allclose(guided, uncond + 3.0 * (cond - uncond))
 
 
-@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "UniPCMultistepScheduler"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "UniPCMultistepScheduler",
+    ],
+)
 def test_reverse_loop_with_oracle_denoiser(scheduler, name):
     """With the exact eps of a point mass at x0*, every sampler lands on x0* and reports x0_pred each step."""
     target = torch.tensor([0.7, -1.2])
@@ -106,8 +115,12 @@ def test_reverse_loop_with_oracle_denoiser(scheduler, name):
     seen = []
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     out = diffusion.sample(
-        PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 50,
-        generator=torch.Generator().manual_seed(1), callback=lambda i, t, x, x0: seen.append((i, x0.shape)),
+        PointMassOracle(scheduler.alphas_cumprod, target),
+        sampler,
+        noise,
+        50,
+        generator=torch.Generator().manual_seed(1),
+        callback=lambda i, t, x, x0: seen.append((i, x0.shape)),
     )
     assert len(seen) == len(sampler.scheduler.timesteps) and seen[-1][1] == (16, 2)
     assert torch.allclose(out, target.expand(16, 2), atol=0.05)
@@ -118,15 +131,23 @@ def test_ddim_steps_with_the_eps_of_its_clipped_x0():
     x_t = sqrt(a_t) x0c + sqrt(1 - a_t) eps_c with one eps_c; stepping with the raw eps, x_t and x0 disagree."""
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
     target = torch.tensor([3.0, 0.5])  # a point mass, its first coordinate outside [-1, 1]
-    sampler = build_sampler(scheduler.config, "DDIMScheduler", "epsilon", image_like=False,
-                            overrides={"timestep_spacing": "trailing"})
+    sampler = build_sampler(
+        scheduler.config, "DDIMScheduler", "epsilon", image_like=False, overrides={"timestep_spacing": "trailing"}
+    )
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     path = []
-    diffusion.sample(PointMassOracle(scheduler.alphas_cumprod, target), sampler, noise, 20,
-                     callback=lambda i, t, x, x0: path.append(x))
+    diffusion.sample(
+        PointMassOracle(scheduler.alphas_cumprod, target),
+        sampler,
+        noise,
+        20,
+        callback=lambda i, t, x, x0: path.append(x),
+    )
     a = scheduler.alphas_cumprod
     x0c, a_T = target.clamp(-1, 1), a[sampler.scheduler.timesteps[0]]
     eps_c = (noise - a_T.sqrt() * x0c) / (1 - a_T).sqrt()
-    for x, t_prev in zip(path, sampler.scheduler.timesteps[1:]):  # after step i the sample is at the next timestep
+    for x, t_prev in zip(
+        path, sampler.scheduler.timesteps[1:], strict=False
+    ):  # after step i the sample is at the next timestep
         assert torch.allclose(x, a[t_prev].sqrt() * x0c + (1 - a[t_prev]).sqrt() * eps_c, atol=1e-4)
     assert torch.allclose(path[-1], x0c.expand(4, 2), atol=1e-4)

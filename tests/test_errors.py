@@ -18,7 +18,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import datasets
 import pytest
@@ -34,9 +33,28 @@ MOONS, MNIST_COND = str(REPO / "configs/moons.yaml"), str(REPO / "configs/mnist_
 CIFAR, CELEB = str(REPO / "configs/cifar10.yaml"), str(REPO / "configs/celeb_cond.yaml")
 CKPT = "out/trained/version_0/checkpoints/last.ckpt"  # a moons model trained 2 steps (the world makes it)
 FIT = ["fit", "--config", MOONS]
-PREDICT = ["predict", "--config", MOONS, "--data.init_args.predict_num_samples", "4", "--model.num_inference_steps", "2"]
-PREDICT_4_BATCHES = ["predict", "--config", MOONS, "--ckpt_path", CKPT, "--data.init_args.predict_num_samples",
-                     "1024", "--model.num_inference_steps", "2", "--trainer.enable_progress_bar", "false"]
+PREDICT = [
+    "predict",
+    "--config",
+    MOONS,
+    "--data.init_args.predict_num_samples",
+    "4",
+    "--model.num_inference_steps",
+    "2",
+]
+PREDICT_4_BATCHES = [
+    "predict",
+    "--config",
+    MOONS,
+    "--ckpt_path",
+    CKPT,
+    "--data.init_args.predict_num_samples",
+    "1024",
+    "--model.num_inference_steps",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
@@ -73,9 +91,9 @@ class Case:
     args: list[str]  # the command line after `python -m <entry>`, run in the world folder
     code: int  # the exit code
     words: tuple[str, ...]  # in the `error:` line
-    entry: str = "lightning_diffusion"  # or lightning_diffusion.inspect, lightning_diffusion.export
+    entry: str = "lightning_diffusion"  # or lightning_diffusion.tools.inspect, lightning_diffusion.tools.export
     env: dict[str, str] = field(default_factory=dict)
-    writes: Optional[bool] = False  # whether files appear in the world (None: not checked, the run decides)
+    writes: bool | None = False  # whether files appear in the world (None: not checked, the run decides)
     line: str = "error:"  # how the lines shown in the table start
     table_only: bool = False  # tested on its own (a success, a traceback on purpose, a signal)
     signal: tuple = ()  # (name, stage, batch[, again]): the run sends itself that signal (test_signals.send)
@@ -86,103 +104,298 @@ CASES = [
     Case("fit without --config", ["fit"], 2, ("DiffusionModule needs denoiser:", "--config configs/<experiment>.yaml")),
     Case("a config file that does not exist", ["fit", "--config", "nope.yaml"], 2, ("nope.yaml does not exist",)),
     Case("invalid YAML", ["fit", "--config", "bad.yaml"], 2, ("bad.yaml is not valid YAML", "line 3")),
-    Case("a misspelt key in a YAML", [*FIT, "--config", "typo.yaml"], 2,
-         ("no option 'trainer.max_epoch'", "did you mean 'trainer.max_epochs'")),
-    Case("an unknown model option", [*FIT, "--model.not_an_option", "1"], 2,
-         ("DiffusionModule has no option 'not_an_option'", "--model.help DiffusionModule")),
-    Case("a misspelt denoiser option", [*FIT, "--model.denoiser.init_args.hidden_dimm", "64"], 2,
-         ("MLPDenoiser has no option 'hidden_dimm'", "did you mean 'hidden_dim'")),
-    Case("a value of the wrong type", [*FIT, "--trainer.max_epochs", "ten"], 2,
-         ("--trainer.max_epochs expects int but got 'ten'",)),
-    Case("a value outside the choices", [*FIT, "--model.prediction_type", "eps"], 2,
-         ("--model.prediction_type expects one of 'epsilon', 'sample', 'v_prediction' but got 'eps'",)),
+    Case(
+        "a misspelt key in a YAML",
+        [*FIT, "--config", "typo.yaml"],
+        2,
+        ("no option 'trainer.max_epoch'", "did you mean 'trainer.max_epochs'"),
+    ),
+    Case(
+        "an unknown model option",
+        [*FIT, "--model.not_an_option", "1"],
+        2,
+        ("DiffusionModule has no option 'not_an_option'", "--model.help DiffusionModule"),
+    ),
+    Case(
+        "a misspelt denoiser option",
+        [*FIT, "--model.denoiser.init_args.hidden_dimm", "64"],
+        2,
+        ("MLPDenoiser has no option 'hidden_dimm'", "did you mean 'hidden_dim'"),
+    ),
+    Case(
+        "a value of the wrong type",
+        [*FIT, "--trainer.max_epochs", "ten"],
+        2,
+        ("--trainer.max_epochs expects int but got 'ten'",),
+    ),
+    Case(
+        "a value outside the choices",
+        [*FIT, "--model.prediction_type", "eps"],
+        2,
+        ("--model.prediction_type expects one of 'epsilon', 'sample', 'v_prediction' but got 'eps'",),
+    ),
     Case("an unknown subcommand", ["train", "--config", MOONS], 2, ("'train' is not a subcommand",)),
-    Case("an unknown 2D dataset", [*FIT, "--data.init_args.dataset", "spiral"], 2,
-         ("--data.dataset expects one of 'moons', 'circles'", "got 'spiral'")),
-    Case("a typo in sampler_kwargs", [*FIT, "--model.sampler_kwargs", "{timestep_spacin: trailing}"], 2,
-         ("has no option 'timestep_spacin'", "did you mean 'timestep_spacing'")),
+    Case(
+        "an unknown 2D dataset",
+        [*FIT, "--data.init_args.dataset", "spiral"],
+        2,
+        ("--data.dataset expects one of 'moons', 'circles'", "got 'spiral'"),
+    ),
+    Case(
+        "a typo in sampler_kwargs",
+        [*FIT, "--model.sampler_kwargs", "{timestep_spacin: trailing}"],
+        2,
+        ("has no option 'timestep_spacin'", "did you mean 'timestep_spacing'"),
+    ),
     Case("batch_size 0", [*FIT, "--data.init_args.batch_size", "0"], 2, ("batch_size", "0")),
-    Case("num_val_samples 0 for 2D data", [*FIT, "--data.init_args.num_val_samples", "0"], 2,
-         ("num_val_samples must be at least 1", "limit_val_batches 0")),
-    Case("data that gives no training batch", [*FIT, "--data.init_args.num_samples", "100"], 2,
-         ("The training data gives no batch: 100 samples and batch_size 256",)),
-    Case("predict of no samples", [*PREDICT, "--ckpt_path", CKPT, "--data.init_args.predict_num_samples", "0"], 2,
-         ("The predict data gives no batch", "predict_num_samples to at least 1")),
+    Case(
+        "num_val_samples 0 for 2D data",
+        [*FIT, "--data.init_args.num_val_samples", "0"],
+        2,
+        ("num_val_samples must be at least 1", "limit_val_batches 0"),
+    ),
+    Case(
+        "data that gives no training batch",
+        [*FIT, "--data.init_args.num_samples", "100"],
+        2,
+        ("The training data gives no batch: 100 samples and batch_size 256",),
+    ),
+    Case(
+        "predict of no samples",
+        [*PREDICT, "--ckpt_path", CKPT, "--data.init_args.predict_num_samples", "0"],
+        2,
+        ("The predict data gives no batch", "predict_num_samples to at least 1"),
+    ),
     Case("a negative learning rate", [*FIT, "--model.optimizer.init_args.lr", "-1"], 2, ("Invalid learning rate",)),
-    Case("a Trainer option Lightning refuses", [*FIT, "--trainer.devices", "abc"], 2,
-         ("The Trainer refused its options", "devices")),
-    Case("gradient clipping of a fused optimizer in mixed precision",
-         [*FIT, "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"], 2,
-         ("cannot clip the gradients of a fused AdamW", "fused: false")),
-    Case("--trainer.accelerator gpu without a GPU", [*FIT, "--trainer.accelerator", "gpu"], 2,
-         ("no CUDA GPU", "--trainer.accelerator cpu")),
-    Case("an output folder that cannot be made", [*FIT, "--output_dir", "a_file/out"], 2,
-         ("a_file/out: not a directory", "--output_dir")),
+    Case(
+        "a Trainer option Lightning refuses",
+        [*FIT, "--trainer.devices", "abc"],
+        2,
+        ("The Trainer refused its options", "devices"),
+    ),
+    Case(
+        "gradient clipping of a fused optimizer in mixed precision",
+        [*FIT, "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0"],
+        2,
+        ("cannot clip the gradients of a fused AdamW", "fused: false"),
+    ),
+    Case(
+        "--trainer.accelerator gpu without a GPU",
+        [*FIT, "--trainer.accelerator", "gpu"],
+        2,
+        ("no CUDA GPU", "--trainer.accelerator cpu"),
+    ),
+    Case(
+        "an output folder that cannot be made",
+        [*FIT, "--output_dir", "a_file/out"],
+        2,
+        ("a_file/out: not a directory", "--output_dir"),
+    ),
     # commands that need a checkpoint, and the checkpoints given
     Case("predict without --ckpt_path", PREDICT, 2, ("predict needs a trained model", "--ckpt_path")),
     Case("test without --ckpt_path", ["test", "--config", MOONS], 2, ("test needs a trained model", "measure nothing")),
-    Case("a checkpoint that does not exist", [*PREDICT, "--ckpt_path", "missing.ckpt"], 2, ("missing.ckpt does not exist",)),
+    Case(
+        "a checkpoint that does not exist",
+        [*PREDICT, "--ckpt_path", "missing.ckpt"],
+        2,
+        ("missing.ckpt does not exist",),
+    ),
     Case("a folder as checkpoint", [*PREDICT, "--ckpt_path", "out/trained"], 2, ("out/trained is a folder",)),
-    Case("a text file as checkpoint", [*PREDICT, "--ckpt_path", "text.ckpt"], 2,
-         ("text.ckpt is not a readable checkpoint", "not a PyTorch zip archive")),
-    Case("a truncated checkpoint", [*PREDICT, "--ckpt_path", "truncated.ckpt"], 2,
-         ("truncated.ckpt is not a readable checkpoint", "truncated")),
-    Case("an ImageClassifier checkpoint for a DiffusionModule", [*PREDICT, "--ckpt_path", "classifier.ckpt"], 2,
-         ("classifier.ckpt holds an ImageClassifier; this config builds a DiffusionModule",)),
-    Case("a 2D checkpoint with the MNIST config", mnist("data/mnist", "--ckpt_path", CKPT, subcommand="predict"), 2,
-         ("was trained on (2,) samples; this config makes (1, 32, 32)",)),
-    Case("an unconditional checkpoint with labelled data", [*PREDICT, "--ckpt_path", CKPT, "--data.init_args.labels", "true"],
-         2, ("was trained with num_classes=None; this config has 2",)),
-    Case("--ckpt_path last without any run", [*PREDICT, "--ckpt_path", "last", "--experiment", "never", "--output_dir", "out"],
-         2, ("--ckpt_path last found no last.ckpt", "out/never/version_*/checkpoints")),
-    Case("--ckpt_path last whose newest checkpoint is damaged",
-         [*PREDICT, "--ckpt_path", "last", "--experiment", "fallback", "--output_dir", "out"], 0, ("out/fallback/version_0/checkpoints/last.ckpt",), writes=True, line="--ckpt_path last:", table_only=True),
-    Case("a diffusion checkpoint for ClassifierMetrics", mnist("data/mnist", "--config", "metrics.yaml"), 2,
-         ("holds a DiffusionModule; ClassifierMetrics needs an ImageClassifier",)),
+    Case(
+        "a text file as checkpoint",
+        [*PREDICT, "--ckpt_path", "text.ckpt"],
+        2,
+        ("text.ckpt is not a readable checkpoint", "not a PyTorch zip archive"),
+    ),
+    Case(
+        "a truncated checkpoint",
+        [*PREDICT, "--ckpt_path", "truncated.ckpt"],
+        2,
+        ("truncated.ckpt is not a readable checkpoint", "truncated"),
+    ),
+    Case(
+        "an ImageClassifier checkpoint for a DiffusionModule",
+        [*PREDICT, "--ckpt_path", "classifier.ckpt"],
+        2,
+        ("classifier.ckpt holds an ImageClassifier; this config builds a DiffusionModule",),
+    ),
+    Case(
+        "a 2D checkpoint with the MNIST config",
+        mnist("data/mnist", "--ckpt_path", CKPT, subcommand="predict"),
+        2,
+        ("was trained on (2,) samples; this config makes (1, 32, 32)",),
+    ),
+    Case(
+        "an unconditional checkpoint with labelled data",
+        [*PREDICT, "--ckpt_path", CKPT, "--data.init_args.labels", "true"],
+        2,
+        ("was trained with num_classes=None; this config has 2",),
+    ),
+    Case(
+        "--ckpt_path last without any run",
+        [*PREDICT, "--ckpt_path", "last", "--experiment", "never", "--output_dir", "out"],
+        2,
+        ("--ckpt_path last found no last.ckpt", "out/never/version_*/checkpoints"),
+    ),
+    Case(
+        "--ckpt_path last whose newest checkpoint is damaged",
+        [*PREDICT, "--ckpt_path", "last", "--experiment", "fallback", "--output_dir", "out"],
+        0,
+        ("out/fallback/version_0/checkpoints/last.ckpt",),
+        writes=True,
+        line="--ckpt_path last:",
+        table_only=True,
+    ),
+    Case(
+        "a diffusion checkpoint for ClassifierMetrics",
+        mnist("data/mnist", "--config", "metrics.yaml"),
+        2,
+        ("holds a DiffusionModule; ClassifierMetrics needs an ImageClassifier",),
+    ),
     # data files
     Case("MNIST files missing, download off", mnist("data/empty"), 2, ("MNIST not found in data/empty/MNIST/raw",)),
-    Case("an IDX file with a wrong magic number", mnist("data/magic"), 2,
-         ("train-images-idx3-ubyte is not an IDX file of images", "magic number is 0x00000000, expected 0x00000803")),
-    Case("a truncated IDX file", mnist("data/truncated"), 2,
-         ("train-images-idx3-ubyte is truncated", "300 images of 28x28")),
+    Case(
+        "an IDX file with a wrong magic number",
+        mnist("data/magic"),
+        2,
+        ("train-images-idx3-ubyte is not an IDX file of images", "magic number is 0x00000000, expected 0x00000803"),
+    ),
+    Case(
+        "a truncated IDX file",
+        mnist("data/truncated"),
+        2,
+        ("train-images-idx3-ubyte is truncated", "300 images of 28x28"),
+    ),
     Case("fewer labels than images", mnist("data/count"), 2, ("t10k-labels-idx1-ubyte holds 99 labels", "100 images")),
     Case("labels outside the classes", mnist("data/range"), 2, ("labels from 12 to 12, expected 0 to 9",)),
     Case("a corrupt .gz", mnist("data/badgz"), 2, ("train-images-idx3-ubyte.gz is not a readable gzip file",)),
-    Case("CIFAR-10 files that fail their checksums", images(CIFAR, "--data.init_args.root", "data/cifar"), 2,
-         ("do not match the published checksums", "data/cifar/cifar-10-batches-py")),
+    Case(
+        "CIFAR-10 files that fail their checksums",
+        images(CIFAR, "--data.init_args.root", "data/cifar"),
+        2,
+        ("do not match the published checksums", "data/cifar/cifar-10-batches-py"),
+    ),
     Case("CelebFaces without an image column", celeb("data/celeb_columns"), 2, ("has no image column",), env=OFFLINE),
     Case("CelebFaces without a decodable image", celeb("data/celeb_broken"), 2, ("could be decoded",), env=OFFLINE),
-    Case("CelebFaces from the Hub, offline", celeb("nobody/nothing-here"), 2,
-         ("could not load 'nobody/nothing-here' from the Hugging Face Hub",), env=OFFLINE),
+    Case(
+        "CelebFaces from the Hub, offline",
+        celeb("nobody/nothing-here"),
+        2,
+        ("could not load 'nobody/nothing-here' from the Hugging Face Hub",),
+        env=OFFLINE,
+    ),
     # during the run
-    Case("a non-finite loss", [*FIT, "--model.optimizer.init_args.lr", "1e30", "--trainer.max_steps", "20",
-                                "--trainer.enable_progress_bar", "false"], 1, ("non-finite loss",), writes=None),
-    Case("val_num_samples above half the held-out data", [*FIT, "--model.val_num_samples", "5000"], 2, ("val_num_samples",)),
+    Case(
+        "a non-finite loss",
+        [
+            *FIT,
+            "--model.optimizer.init_args.lr",
+            "1e30",
+            "--trainer.max_steps",
+            "20",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        1,
+        ("non-finite loss",),
+        writes=None,
+    ),
+    Case(
+        "val_num_samples above half the held-out data",
+        [*FIT, "--model.val_num_samples", "5000"],
+        2,
+        ("val_num_samples",),
+    ),
     # the other entry points
-    Case("inspect --timesteps beyond the schedule", ["--config", MOONS, "--output_dir", "out", "--timesteps", "0", "1000"],
-         2, ("--timesteps 1000 lie outside the schedule's 0 to 999",), entry="lightning_diffusion.inspect"),
-    Case("export of an ImageClassifier", ["classifier.ckpt", "exports/a"], 2, ("export needs a DiffusionModule",),
-         entry="lightning_diffusion.export"),
-    Case("export of a 2D model", [CKPT, "exports/b"], 2, ("only image UNets",), entry="lightning_diffusion.export"),
-    Case("export into a folder that is not empty", [CKPT, "exports/full"], 2, ("exports/full already exists",),
-         entry="lightning_diffusion.export"),
-    Case("export of a truncated checkpoint", ["truncated.ckpt", "exports/c"], 2, ("not a readable checkpoint",),
-         entry="lightning_diffusion.export"),
+    Case(
+        "inspect --timesteps beyond the schedule",
+        ["--config", MOONS, "--output_dir", "out", "--timesteps", "0", "1000"],
+        2,
+        ("--timesteps 1000 lie outside the schedule's 0 to 999",),
+        entry="lightning_diffusion.tools.inspect",
+    ),
+    Case(
+        "export of an ImageClassifier",
+        ["classifier.ckpt", "exports/a"],
+        2,
+        ("export needs a DiffusionModule",),
+        entry="lightning_diffusion.tools.export",
+    ),
+    Case(
+        "export of a 2D model", [CKPT, "exports/b"], 2, ("only image UNets",), entry="lightning_diffusion.tools.export"
+    ),
+    Case(
+        "export into a folder that is not empty",
+        [CKPT, "exports/full"],
+        2,
+        ("exports/full already exists",),
+        entry="lightning_diffusion.tools.export",
+    ),
+    Case(
+        "export of a truncated checkpoint",
+        ["truncated.ckpt", "exports/c"],
+        2,
+        ("not a readable checkpoint",),
+        entry="lightning_diffusion.tools.export",
+    ),
     # stop signals, which the run sends itself at a batch (tested in test_signals.py)
-    Case("SIGTERM during fit", [*FIT, "--trainer.enable_progress_bar", "false"], 143, ("SIGTERM: saved",),
-         writes=None, line="SIGTERM: saved", table_only=True, signal=("SIGTERM", "train", 2)),
-    Case("Ctrl-C (SIGINT) during fit", [*FIT, "--trainer.enable_progress_bar", "false"], 130, ("SIGINT: saved",),
-         writes=None, line="SIGINT: saved", table_only=True, signal=("SIGINT", "train", 2)),
-    Case("a second Ctrl-C while the first waits for the end of a slow batch",
-         [*FIT, "--trainer.enable_progress_bar", "false"], 130, ("aborted by a second Ctrl-C",), writes=None,
-         table_only=True, signal=("SIGINT", "train", 2, 0.2)),
-    Case("SIGTERM during predict", PREDICT_4_BATCHES, 143, ("predict stopped",), line="SIGTERM: predict stopped",
-         table_only=True, signal=("SIGTERM", "predict", 1)),
-    Case("Ctrl-C during predict", PREDICT_4_BATCHES, 130, ("predict stopped",), line="SIGINT: predict stopped",
-         table_only=True, signal=("SIGINT", "predict", 1)),
+    Case(
+        "SIGTERM during fit",
+        [*FIT, "--trainer.enable_progress_bar", "false"],
+        143,
+        ("SIGTERM: saved",),
+        writes=None,
+        line="SIGTERM: saved",
+        table_only=True,
+        signal=("SIGTERM", "train", 2),
+    ),
+    Case(
+        "Ctrl-C (SIGINT) during fit",
+        [*FIT, "--trainer.enable_progress_bar", "false"],
+        130,
+        ("SIGINT: saved",),
+        writes=None,
+        line="SIGINT: saved",
+        table_only=True,
+        signal=("SIGINT", "train", 2),
+    ),
+    Case(
+        "a second Ctrl-C while the first waits for the end of a slow batch",
+        [*FIT, "--trainer.enable_progress_bar", "false"],
+        130,
+        ("aborted by a second Ctrl-C",),
+        writes=None,
+        table_only=True,
+        signal=("SIGINT", "train", 2, 0.2),
+    ),
+    Case(
+        "SIGTERM during predict",
+        PREDICT_4_BATCHES,
+        143,
+        ("predict stopped",),
+        line="SIGTERM: predict stopped",
+        table_only=True,
+        signal=("SIGTERM", "predict", 1),
+    ),
+    Case(
+        "Ctrl-C during predict",
+        PREDICT_4_BATCHES,
+        130,
+        ("predict stopped",),
+        line="SIGINT: predict stopped",
+        table_only=True,
+        signal=("SIGINT", "predict", 1),
+    ),
     # the traceback, when asked for
-    Case("fit without --config, LIGHTNING_DIFFUSION_DEBUG=1", ["fit"], 1, ("ArgumentError",), line="argparse.ArgumentError",
-         env={"LIGHTNING_DIFFUSION_DEBUG": "1"}, table_only=True),
+    Case(
+        "fit without --config, LIGHTNING_DIFFUSION_DEBUG=1",
+        ["fit"],
+        1,
+        ("ArgumentError",),
+        line="argparse.ArgumentError",
+        env={"LIGHTNING_DIFFUSION_DEBUG": "1"},
+        table_only=True,
+    ),
 ]
 
 
@@ -197,8 +410,13 @@ def make_world(root: Path) -> None:
         "magic": lambda raw: _patch(raw / "train-images-idx3-ubyte", lambda b: bytes(4) + b[4:]),
         "truncated": lambda raw: _patch(raw / "train-images-idx3-ubyte", lambda b: b[:5000]),
         "count": lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 99) + bytes(99)),
-        "range": lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 300) + bytes([12]) * 300),
-        "badgz": lambda raw: ((raw / "train-images-idx3-ubyte").unlink(), (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b?")),
+        "range": lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 0x801, 300) + bytes([12]) * 300
+        ),
+        "badgz": lambda raw: (
+            (raw / "train-images-idx3-ubyte").unlink(),
+            (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b?"),
+        ),
     }
     for name, fault in faults.items():
         fault(write_idx(data / name / "MNIST/raw"))
@@ -211,16 +429,33 @@ def make_world(root: Path) -> None:
     (root / "a_file").write_text("a file where a folder is expected\n")
     (root / "text.ckpt").write_text("not a checkpoint\n")
     with contextlib.chdir(root), _argv(["lightning_diffusion"]):
-        main([*FIT, "--output_dir", "out", "--experiment", "trained", "--trainer.max_steps", "2",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+        main(
+            [
+                *FIT,
+                "--output_dir",
+                "out",
+                "--experiment",
+                "trained",
+                "--trainer.max_steps",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
     good = (root / CKPT).resolve().read_bytes()
     (root / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     checkpoint = torch.load(root / CKPT, map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"] = {"_class_path": "lightning_diffusion.classifier.ImageClassifier",
-                                      "sample_shape": (1, 28, 28), "num_classes": 10, "num_features": 128}
+    checkpoint["hyper_parameters"] = {
+        "_class_path": "lightning_diffusion.metrics.classifier.ImageClassifier",
+        "sample_shape": (1, 28, 28),
+        "num_classes": 10,
+        "num_features": 128,
+    }
     torch.save(checkpoint, root / "classifier.ckpt")
     (root / "metrics.yaml").write_text(
-        "model:\n  val_num_samples: 8\n  sample_metrics:\n    - class_path: lightning_diffusion.evaluation.ClassifierMetrics\n"
+        "model:\n  val_num_samples: 8\n  sample_metrics:\n    - class_path: lightning_diffusion.metrics.features.ClassifierMetrics\n"
         f"      init_args:\n        checkpoint: {CKPT}\n"
     )
     (root / "exports/full").mkdir(parents=True)
@@ -254,8 +489,11 @@ def _patch(path: Path, change) -> None:
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root (but datasets' own download cache) with its size and modification time."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and "hf" not in p.relative_to(root).parts}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and "hf" not in p.relative_to(root).parts
+    }
 
 
 def written(before: dict, after: dict) -> list[str]:
@@ -336,8 +574,13 @@ def test_the_traceback_stays_available_behind_the_debug_variable(world, monkeypa
 
 
 def test_the_real_process_prints_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lightning_diffusion", "fit"], cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""})
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_diffusion", "fit"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: DiffusionModule needs denoiser:") and result.stderr.count("\n") == 1
 
@@ -380,11 +623,12 @@ def test_celeb_cache_follows_the_files_not_only_the_path(tmp_path, monkeypatch):
 def sent(signal: tuple) -> str:
     """How the table says a case's signal."""
     name, stage, batch, *again = signal
-    return (f" + {name} at the start of {'training' if stage == 'train' else stage} batch {batch + 1}"
-            + (f", again {again[0]} s later" if again else ""))
+    return f" + {name} at the start of {'training' if stage == 'train' else stage} batch {batch + 1}" + (
+        f", again {again[0]} s later" if again else ""
+    )
 
 
-def table(root: Path, words: Optional[list[str]] = None) -> str:
+def table(root: Path, words: list[str] | None = None) -> str:
     """Runs every case (or those whose name holds one of `words`) in a subprocess of the real CLI in `root` (a
     world) and returns the markdown table."""
     rows = ["| mistake | command | exit | the line printed | written |", "|---|---|---|---|---|"]
@@ -396,24 +640,29 @@ def table(root: Path, words: Optional[list[str]] = None) -> str:
         # a case with a signal runs the same CLI through test_signals.SENDER, which sends it
         argv = ["-c", SENDER, *case.args, *send(*case.signal)] if case.signal else ["-m", case.entry, *case.args]
         result = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, env=env)
-        lines = [re.sub(r"^\S+\.py:\d+: (\w+Warning: )?", "", line.strip()) for line in result.stderr.splitlines()
-                 if line.startswith(case.line) or (case.code == 0 and "skipped:" in line)]  # a warning: its text
+        lines = [
+            re.sub(r"^\S+\.py:\d+: (\w+Warning: )?", "", line.strip())
+            for line in result.stderr.splitlines()
+            if line.startswith(case.line) or (case.code == 0 and "skipped:" in line)
+        ]  # a warning: its text
         if case.table_only and lines:  # a success shows its lines, a traceback its last line
             lines = [" / ".join(lines)] if case.code == 0 else lines[-1:]
         line = lines[0] if len(lines) == 1 else f"{len(lines)} such lines"
         if "Traceback" in result.stderr:
             line = f"a traceback, ending {line}" if case.table_only else f"{line} (and a traceback)"
         args = case.args
-        for config, small in SMALL.items():
-            if args[-len(small):] == small:
+        for _config, small in SMALL.items():
+            if args[-len(small) :] == small:
                 args = [*args[: -len(small)], "(+ CPU test sizes)"]
         command = " ".join(f"'{a}'" if "{" in a else a for a in [f"python -m {case.entry}", *args])
         prefix = "".join(f"{name}={value} " for name, value in case.env.items() if name.startswith("LIGHTNING"))
         shown = line.replace(f"{root}/", "").replace(f"{REPO}/", "").replace(str(Path(sys.executable).parent), "…")
         new = written(before, snapshot(root))
         shown_command = f"`{prefix}{command.replace(f'{REPO}/', '')}`{sent(case.signal) if case.signal else ''}"
-        rows.append(f"| {case.what} | {shown_command} | {result.returncode} | "
-                    f"{shown.replace('|', '/')} | {', '.join(new) if new else 'nothing'} |")
+        rows.append(
+            f"| {case.what} | {shown_command} | {result.returncode} | "
+            f"{shown.replace('|', '/')} | {', '.join(new) if new else 'nothing'} |"
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     return "\n".join(rows)
 

@@ -1,4 +1,4 @@
-"""`python -m lightning_diffusion.evaluate`: a 2D grid equals `validate` cell for cell, rows have the promised
+"""`python -m lightning_diffusion.tools.evaluate`: a 2D grid equals `validate` cell for cell, rows have the promised
 columns, an interrupted grid resumes with only its missing cells, bad input is one sentence before any work, and an
 image grid streams through the classifier (guidance, NFE, predict's samples.npz scored as they are)."""
 
@@ -7,15 +7,32 @@ import json
 
 import pytest
 import torch
-
 from conftest import REPO, cpu_overrides
-from lightning_diffusion import evaluate
-from lightning_diffusion.evaluation import FeatureStats, frechet_distance_of
+
+from lightning_diffusion.metrics.features import FeatureStats, frechet_distance_of
+from lightning_diffusion.tools import evaluate
 
 COLUMNS_2D = [
-    "checkpoint", "run", "step", "sampler", "steps", "nfe", "guidance", "samples", "seeds",
-    "swd", "swd_std", "swd_floor", "swd_ratio", "swd_ratio_std", "mmd", "mmd_std", "mmd_floor",
-    "swd_floor_std", "mmd_floor_std", "seconds",
+    "checkpoint",
+    "run",
+    "step",
+    "sampler",
+    "steps",
+    "nfe",
+    "guidance",
+    "samples",
+    "seeds",
+    "swd",
+    "swd_std",
+    "swd_floor",
+    "swd_ratio",
+    "swd_ratio_std",
+    "mmd",
+    "mmd_std",
+    "mmd_floor",
+    "swd_floor_std",
+    "mmd_floor_std",
+    "seconds",
 ]
 
 
@@ -32,14 +49,43 @@ def run(tmp_path, *args):
 def test_2d_grid_equals_validate_and_counts_network_calls(trained_moons, tmp_path):
     from lightning_diffusion.cli import main
 
-    main(["validate", "--config", str(trained_moons.run / "config.yaml"), "--ckpt_path", str(trained_moons.last),
-          "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "10", "--model.val_num_samples", "500",
-          "--output_dir", str(tmp_path / "validate"), "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "validate",
+            "--config",
+            str(trained_moons.run / "config.yaml"),
+            "--ckpt_path",
+            str(trained_moons.last),
+            "--model.sampler",
+            "DDIMScheduler",
+            "--model.num_inference_steps",
+            "10",
+            "--model.val_num_samples",
+            "500",
+            "--output_dir",
+            str(tmp_path / "validate"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     (path,) = (tmp_path / "validate").rglob("metrics_validate.json")
     validated = json.loads(path.read_text())["metrics"]
 
-    folder = run(tmp_path, "--runs", str(trained_moons.run), "--samplers", "DDIMScheduler", "HeunDiscreteScheduler",
-                 "--steps", "5", "10", "--num_samples", "500", "--num_seeds", "1")
+    folder = run(
+        tmp_path,
+        "--runs",
+        str(trained_moons.run),
+        "--samplers",
+        "DDIMScheduler",
+        "HeunDiscreteScheduler",
+        "--steps",
+        "5",
+        "10",
+        "--num_samples",
+        "500",
+        "--num_seeds",
+        "1",
+    )
     assert folder == tmp_path / "evals" / "moons" / "eval_0"
     columns, rows = rows_of(folder)
     assert columns == COLUMNS_2D and len(rows) == 4
@@ -49,7 +95,12 @@ def test_2d_grid_equals_validate_and_counts_network_calls(trained_moons, tmp_pat
         assert float(ddim[name]) == pytest.approx(validated[f"val/{name}"], rel=1e-5, abs=1e-7), name
     assert ddim["swd_std"] == "" and ddim["seeds"] == "1" and ddim["samples"] == "500"
     # NFE counts network calls: Heun's method calls the network twice per step but once for the last
-    assert [int(cell[s, k]["nfe"]) for s in ("DDIMScheduler", "HeunDiscreteScheduler") for k in (5, 10)] == [5, 10, 9, 19]
+    assert [int(cell[s, k]["nfe"]) for s in ("DDIMScheduler", "HeunDiscreteScheduler") for k in (5, 10)] == [
+        5,
+        10,
+        9,
+        19,
+    ]
     assert {row["step"] for row in rows} == {str(torch.load(trained_moons.last, weights_only=False)["global_step"])}
     assert (folder / "results.md").is_file() and (folder / "quality_vs_nfe.png").is_file()
     assert not (folder / "quality_vs_guidance.png").exists() and not (folder / "quality_vs_step.png").exists()
@@ -67,8 +118,20 @@ def test_an_interrupted_grid_resumes_with_only_its_missing_cells(trained_moons, 
         return real_cell_row(model, scorer, cell, *args)
 
     monkeypatch.setattr(evaluate, "cell_row", cell_row)
-    grid = ["--runs", str(trained_moons.run), "--samplers", "DDIMScheduler", "UniPCMultistepScheduler",
-            "--steps", "4", "8", "--num_samples", "200", "--num_seeds", "2"]
+    grid = [
+        "--runs",
+        str(trained_moons.run),
+        "--samplers",
+        "DDIMScheduler",
+        "UniPCMultistepScheduler",
+        "--steps",
+        "4",
+        "8",
+        "--num_samples",
+        "200",
+        "--num_seeds",
+        "2",
+    ]
     interrupt = True
     with pytest.raises((SystemExit, KeyboardInterrupt)):  # errors.one_line_errors: exit 130, as after Ctrl-C
         run(tmp_path, *grid)
@@ -117,7 +180,9 @@ def test_features_streamed_in_batches_equal_the_whole_set():
         batched.add(chunk)
     other = FeatureStats()
     other.add(torch.randn(200, 6, dtype=torch.float64) + 0.5)
-    assert frechet_distance_of(batched, other).item() == pytest.approx(frechet_distance_of(whole, other).item(), rel=1e-9)
+    assert frechet_distance_of(batched, other).item() == pytest.approx(
+        frechet_distance_of(whole, other).item(), rel=1e-9
+    )
     assert sum(len(f) for f in batched.kid_features) == 100  # KID keeps at most kid_max_samples features per set
 
 
@@ -134,34 +199,119 @@ def image_runs(fake_mnist_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("image_runs")
     common = ["--output_dir", str(out), "--trainer.enable_progress_bar", "false", "--data.init_args.pad_to_32", "false"]
-    main(["fit", "--config", str(CLASSIFIER), *cpu_overrides(CLASSIFIER, fake_mnist_root), *common,
-          "--trainer.max_epochs", "2", "--data.init_args.batch_size", "32"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CLASSIFIER),
+            *cpu_overrides(CLASSIFIER, fake_mnist_root),
+            *common,
+            "--trainer.max_epochs",
+            "2",
+            "--data.init_args.batch_size",
+            "32",
+        ]
+    )
     model = ["--config", str(MNIST_COND), *cpu_overrides(MNIST_COND, fake_mnist_root), *common]
-    main(["fit", *model, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
-          "--model.denoiser.init_args.block_out_channels", "[32, 32]", "--model.denoiser.init_args.attention_levels", "[]"])
-    main(["predict", *model, "--ckpt_path", "last", "--data.init_args.predict_num_samples", "30",
-          "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "2"])
+    main(
+        [
+            "fit",
+            *model,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.denoiser.init_args.block_out_channels",
+            "[32, 32]",
+            "--model.denoiser.init_args.attention_levels",
+            "[]",
+        ]
+    )
+    main(
+        [
+            "predict",
+            *model,
+            "--ckpt_path",
+            "last",
+            "--data.init_args.predict_num_samples",
+            "30",
+            "--model.sampler",
+            "DDIMScheduler",
+            "--model.num_inference_steps",
+            "2",
+        ]
+    )
     # the sampler left to the formulation (its config.yaml says null)
-    main(["predict", *model, "--ckpt_path", str(out / "mnist_cond/version_0/checkpoints/last.ckpt"),
-          "--experiment", "unset_sampler", "--data.init_args.predict_num_samples", "4", "--model.sampler", "null",
-          "--model.num_inference_steps", "2", "--model.guidance_scale", "1.5"])
+    main(
+        [
+            "predict",
+            *model,
+            "--ckpt_path",
+            str(out / "mnist_cond/version_0/checkpoints/last.ckpt"),
+            "--experiment",
+            "unset_sampler",
+            "--data.init_args.predict_num_samples",
+            "4",
+            "--model.sampler",
+            "null",
+            "--model.num_inference_steps",
+            "2",
+            "--model.guidance_scale",
+            "1.5",
+        ]
+    )
     return out
 
 
 def test_image_grid_streams_through_the_classifier(image_runs, tmp_path):
     classifier = image_runs / "mnist_classifier"
     predicted = next((image_runs / "mnist_cond").rglob("samples.npz"))
-    folder = run(tmp_path, "--runs", str(image_runs / "mnist_cond" / "version_0"), "--samplers", "DDIMScheduler",
-                 "--steps", "2", "3", "--guidance", "1.0", "2.0", "--num_samples", "30", "--num_seeds", "2",
-                 "--batch_size", "8", "--reference", "train", "--classifier", str(classifier),
-                 "--inception_weights", "null", "--samples", str(predicted))
+    folder = run(
+        tmp_path,
+        "--runs",
+        str(image_runs / "mnist_cond" / "version_0"),
+        "--samplers",
+        "DDIMScheduler",
+        "--steps",
+        "2",
+        "3",
+        "--guidance",
+        "1.0",
+        "2.0",
+        "--num_samples",
+        "30",
+        "--num_seeds",
+        "2",
+        "--batch_size",
+        "8",
+        "--reference",
+        "train",
+        "--classifier",
+        str(classifier),
+        "--inception_weights",
+        "null",
+        "--samples",
+        str(predicted),
+    )
     columns, rows = rows_of(folder)
-    assert {"classifier_fd", "classifier_fd_std", "classifier_fd_floor", "classifier_kid", "classifier_kid_floor",
-            "classifier_accuracy", "classifier_accuracy_std", "classifier_accuracy_real"} <= set(columns)
+    assert {
+        "classifier_fd",
+        "classifier_fd_std",
+        "classifier_fd_floor",
+        "classifier_kid",
+        "classifier_kid_floor",
+        "classifier_accuracy",
+        "classifier_accuracy_std",
+        "classifier_accuracy_real",
+    } <= set(columns)
     grid, scored = rows[:4], rows[4]
     # classifier-free guidance batches the conditional and unconditional inputs: one network call per step
     assert sorted((r["steps"], r["guidance"], r["nfe"]) for r in grid) == [
-        ("2", "1.0", "2"), ("2", "2.0", "2"), ("3", "1.0", "3"), ("3", "2.0", "3")]
+        ("2", "1.0", "2"),
+        ("2", "2.0", "2"),
+        ("3", "1.0", "3"),
+        ("3", "2.0", "3"),
+    ]
     assert all(float(r["classifier_fd"]) > float(r["classifier_fd_floor"]) for r in grid)  # two training steps
     assert scored["checkpoint"] == str(predicted) and scored["samples"] == "30" and scored["sampler"] == "DDIMScheduler"
     assert scored["nfe"] == "" and float(scored["classifier_fd"]) > 0
@@ -173,16 +323,39 @@ def test_scored_samples_name_the_sampler_that_made_them(image_runs, tmp_path):
     """samples.npz carries its sampler, steps and guidance (predict writes them), also where the config left the
     sampler to the formulation (before: the row said sampler None)."""
     predicted = next((image_runs / "unset_sampler").rglob("samples.npz"))
-    folder = run(tmp_path, "--samples", str(predicted), "--reference", "train", "--inception_weights", "null",
-                 "--classifier", str(image_runs / "mnist_classifier"))
+    folder = run(
+        tmp_path,
+        "--samples",
+        str(predicted),
+        "--reference",
+        "train",
+        "--inception_weights",
+        "null",
+        "--classifier",
+        str(image_runs / "mnist_classifier"),
+    )
     (row,) = rows_of(folder)[1]
     assert (row["sampler"], row["steps"], row["guidance"], row["samples"]) == ("DDPMScheduler", "2", "1.5", "4")
 
 
 def test_wandb_gets_the_table_and_the_plots(trained_moons, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    folder = run(tmp_path, "--runs", str(trained_moons.run), "--samplers", "DDIMScheduler", "--steps", "3", "6",
-                 "--num_samples", "100", "--num_seeds", "1", "--wandb_project", "evaluate-test")
+    folder = run(
+        tmp_path,
+        "--runs",
+        str(trained_moons.run),
+        "--samplers",
+        "DDIMScheduler",
+        "--steps",
+        "3",
+        "6",
+        "--num_samples",
+        "100",
+        "--num_seeds",
+        "1",
+        "--wandb_project",
+        "evaluate-test",
+    )
     (offline,) = (folder / "wandb").glob("offline-run-*")
     media = offline / "files" / "media"
     assert list((media / "table" / "evaluate").glob("results_*.table.json"))

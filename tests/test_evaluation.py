@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, cpu_overrides
-from lightning_diffusion.evaluation import ClassifierMetrics, InceptionMetrics, frechet_distance, kernel_distance
+
+from lightning_diffusion.metrics.features import ClassifierMetrics, InceptionMetrics, frechet_distance, kernel_distance
 
 
 def test_frechet_distance_identical_sets_is_zero():
@@ -81,7 +81,9 @@ def test_inception_weights_missing_offline_is_one_sentence(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     path = tmp_path / "weights" / "inception.pth"
-    with pytest.raises(ValueError, match=r"fetch https://github.com/toshas/torch-fidelity/.* put the file at .*inception\.pth"):
+    with pytest.raises(
+        ValueError, match=r"fetch https://github.com/toshas/torch-fidelity/.* put the file at .*inception\.pth"
+    ):
         InceptionMetrics(weights_path=str(path)).prepare()
     assert not list(path.parent.iterdir())  # no partial file left behind
 
@@ -98,11 +100,22 @@ def classifier_run(fake_mnist_root, tmp_path_factory):
     from lightning_diffusion.cli import main
 
     out = tmp_path_factory.mktemp("classifier_outputs")
-    cli = main([
-        "fit", "--config", str(CLASSIFIER), *cpu_overrides(CLASSIFIER, fake_mnist_root),
-        "--trainer.max_epochs", "3", "--data.init_args.batch_size", "32",
-        "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(CLASSIFIER),
+            *cpu_overrides(CLASSIFIER, fake_mnist_root),
+            "--trainer.max_epochs",
+            "3",
+            "--data.init_args.batch_size",
+            "32",
+            "--output_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     return cli, out / "mnist_classifier"
 
 
@@ -152,8 +165,11 @@ def test_classifier_of_other_data_is_one_sentence(classifier_run, fake_mnist_roo
     metric.setup(torch.device("cpu"))
     metric.check((1, 32, 32), 10)
     metric.check((1, 32, 32), None)  # an unconditional model of the same images: no class to compare
-    with pytest.raises(ValueError, match=r"trained on samples of shape \(1, 32, 32\) with 10 classes, but the model "
-                                         r"makes \(1, 28, 28\) with 10: train a classifier on the same data"):
+    with pytest.raises(
+        ValueError,
+        match=r"trained on samples of shape \(1, 32, 32\) with 10 classes, but the model "
+        r"makes \(1, 28, 28\) with 10: train a classifier on the same data",
+    ):
         metric.check((1, 28, 28), 10)
     with pytest.raises(ValueError, match=r"with 10 classes, but the model makes \(1, 32, 32\) with 2"):
         metric.check((1, 32, 32), 2)
@@ -162,9 +178,18 @@ def test_classifier_of_other_data_is_one_sentence(classifier_run, fake_mnist_roo
     metrics_config = tmp_path / "metrics.yaml"
     metrics_config.write_text(yaml.safe_dump(fragment))
     with pytest.raises(SystemExit) as exit_info:  # unpadded 28x28 digits
-        run_cli("fit", "--config", str(MNIST_COND), "--config", str(metrics_config),
-                *cpu_overrides(MNIST_COND, fake_mnist_root), "--data.init_args.pad_to_32", "false",
-                "--model.val_num_samples", "8")
+        run_cli(
+            "fit",
+            "--config",
+            str(MNIST_COND),
+            "--config",
+            str(metrics_config),
+            *cpu_overrides(MNIST_COND, fake_mnist_root),
+            "--data.init_args.pad_to_32",
+            "false",
+            "--model.val_num_samples",
+            "8",
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "but the model makes (1, 28, 28) with 10" in err and "Traceback" not in err
@@ -180,8 +205,17 @@ def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_roo
     fragment["model"]["sample_metrics"][0]["init_args"]["checkpoint"] = str(experiment)
     metrics_config = tmp_path / "metrics.yaml"
     metrics_config.write_text(yaml.safe_dump(fragment))
-    common = ["--config", str(MNIST_COND), "--config", str(metrics_config), *cpu_overrides(MNIST_COND, fake_mnist_root),
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    common = [
+        "--config",
+        str(MNIST_COND),
+        "--config",
+        str(metrics_config),
+        *cpu_overrides(MNIST_COND, fake_mnist_root),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+    ]
     fit = run_cli("fit", *common)
     assert "val/classifier_fd" in fit.trainer.callback_metrics
     run_cli("test", *common, "--ckpt_path", "last", "--model.guidance_scale", "1.5", "--model.sampler", "DDIMScheduler")
@@ -191,25 +225,50 @@ def test_diffusion_test_writes_classifier_metrics(classifier_run, fake_mnist_roo
     for name in ("fd", "fd_floor", "kid", "accuracy", "accuracy_real"):
         assert math.isfinite(record["metrics"][f"test/classifier_{name}"]), name
     assert record["metrics"]["test/classifier_accuracy_real"] > 0.9  # the judge knows the real digits
-    assert record["metrics"]["test/classifier_fd_floor"] < record["metrics"]["test/classifier_fd"]  # 2 steps of training
+    assert (
+        record["metrics"]["test/classifier_fd_floor"] < record["metrics"]["test/classifier_fd"]
+    )  # 2 steps of training
 
     # the image sampler benchmark's small mode, on this checkpoint and classifier
     import samplers_images
 
     ckpt = tmp_path / "outputs/mnist_cond/version_0/checkpoints/last.ckpt"
-    report = samplers_images.main(["--ckpt", str(ckpt), "--classifier", str(experiment), "--num_samples", "10",
-                                   "--samplers", "DDIMScheduler:2", "UniPCMultistepScheduler:3", "--notes", ""])
+    report = samplers_images.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--classifier",
+            str(experiment),
+            "--num_samples",
+            "10",
+            "--samplers",
+            "DDIMScheduler:2",
+            "UniPCMultistepScheduler:3",
+            "--notes",
+            "",
+        ]
+    )
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     assert len(rows) == 5 and rows[2].startswith("| real vs real (floor) | - |")  # header, rule, floor, 2 samplers
     assert rows[4].startswith("| UniPCMultistepScheduler | 3 | ")
-    assert "FD / DDIMScheduler 2's" in rows[0] and rows[3].split(" | ")[3] == "1.00"  # the first sampler is the yardstick
+    assert (
+        "FD / DDIMScheduler 2's" in rows[0] and rows[3].split(" | ")[3] == "1.00"
+    )  # the first sampler is the yardstick
 
 
 def test_missing_classifier_fails_before_training(fake_mnist_root, tmp_path, run_cli, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the fragment's relative outputs/mnist_classifier: none here
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "--config", str(MNIST_COND), "--config", str(REPO / "configs/metrics/mnist_classifier.yaml"),
-                *cpu_overrides(MNIST_COND, fake_mnist_root), "--model.val_num_samples", "8")
+        run_cli(
+            "fit",
+            "--config",
+            str(MNIST_COND),
+            "--config",
+            str(REPO / "configs/metrics/mnist_classifier.yaml"),
+            *cpu_overrides(MNIST_COND, fake_mnist_root),
+            "--model.val_num_samples",
+            "8",
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "No classifier checkpoint at outputs/mnist_classifier: train one first" in err

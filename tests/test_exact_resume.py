@@ -5,13 +5,21 @@ stopped by a SIGTERM, is in tests/test_signals.py; the one of a signal sent to a
 
 import pytest
 import torch
-
 from conftest import REPO, cpu_overrides
 
 SMALL = [
-    "--config", str(REPO / "configs/moons.yaml"), "--data.init_args.num_samples", "2048",
-    "--data.init_args.num_val_samples", "256", "--model.val_num_samples", "64", "--model.num_inference_steps", "10",
-    "--trainer.check_val_every_n_epoch", "1",
+    "--config",
+    str(REPO / "configs/moons.yaml"),
+    "--data.init_args.num_samples",
+    "2048",
+    "--data.init_args.num_val_samples",
+    "256",
+    "--model.val_num_samples",
+    "64",
+    "--model.num_inference_steps",
+    "10",
+    "--trainer.check_val_every_n_epoch",
+    "1",
 ]
 
 
@@ -31,9 +39,21 @@ def test_image_run_with_workers_and_flips_resumes_exactly(run_cli, tmp_path, fak
     flips are drawn from state the checkpoint carries, not from the workers' own generators, which a resume
     restarts."""
     config = REPO / "configs/mnist_cond.yaml"
-    args = ["--config", str(config), *cpu_overrides(config, fake_mnist_root), "--data.init_args.num_workers", "2",
-            "--data.init_args.persistent_workers", "true", "--data.init_args.random_flip", "true",
-            "--trainer.limit_train_batches", "4", "--trainer.check_val_every_n_epoch", "2"]
+    args = [
+        "--config",
+        str(config),
+        *cpu_overrides(config, fake_mnist_root),
+        "--data.init_args.num_workers",
+        "2",
+        "--data.init_args.persistent_workers",
+        "true",
+        "--data.init_args.random_flip",
+        "true",
+        "--trainer.limit_train_batches",
+        "4",
+        "--trainer.check_val_every_n_epoch",
+        "2",
+    ]
     run_cli("fit", *args, "--trainer.max_epochs", "4", "--experiment", "straight")
     run_cli("fit", *args, "--trainer.max_epochs", "2", "--experiment", "resumed")
     run_cli("fit", *args, "--trainer.max_epochs", "4", "--experiment", "resumed", "--ckpt_path", "last")

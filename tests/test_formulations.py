@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from conftest import REPO
 from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler
 from torch import nn
 
-from conftest import REPO
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.denoisers import MLPDenoiser
 from lightning_diffusion.formulations import EDM, VP, FlowMatching
@@ -78,8 +78,9 @@ def test_edm_preconditioning_is_table_1():
     x, f = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     assert torch.allclose(reference.precondition_inputs(x, sigma[:, None]), c["c_in"][:, None] * x)
     assert torch.allclose(reference.precondition_noise(sigma), c["c_noise"])
-    assert torch.allclose(reference.precondition_outputs(x, f, sigma[:, None]),
-                          c["c_skip"][:, None] * x + c["c_out"][:, None] * f)
+    assert torch.allclose(
+        reference.precondition_outputs(x, f, sigma[:, None]), c["c_skip"][:, None] * x + c["c_out"][:, None] * f
+    )
 
 
 def test_karras_sigmas_are_eq_5():
@@ -117,8 +118,10 @@ def convergence(sample, exact, steps):
     return [(sample(n) - exact).abs().max().item() for n in (steps, 4 * steps)]
 
 
-@pytest.mark.parametrize("sampler, steps, order", [("heun", 20, 2), ("euler", 100, 1), ("EDMEulerScheduler", 100, 1),
-                                                   ("EDMDPMSolverMultistepScheduler", 20, 2)])
+@pytest.mark.parametrize(
+    "sampler, steps, order",
+    [("heun", 20, 2), ("euler", 100, 1), ("EDMEulerScheduler", 100, 1), ("EDMDPMSolverMultistepScheduler", 20, 2)],
+)
 def test_edm_samplers_converge_to_the_exact_ode_of_a_gaussian(sampler, steps, order):
     """The probability-flow ODE of Gaussian data is linear: from x_T it ends at exactly
     MU + S (x_T - MU) / sqrt(S^2 + sigma_T^2), sample by sample. The samplers approach it at their order: 4x the
@@ -127,7 +130,9 @@ def test_edm_samplers_converge_to_the_exact_ode_of_a_gaussian(sampler, steps, or
     z = torch.randn(512, 2, generator=torch.Generator().manual_seed(1))
     sigma_T = 80.0 if sampler in ("heun", "euler") else math.sqrt(80.0**2 + 1)  # diffusers' init_noise_sigma
     exact = MU + S * (sigma_T * z - MU) / (S**2 + sigma_T**2).sqrt()
-    coarse, fine = convergence(lambda n: model.sample(512, num_inference_steps=n, noise=z, data_space=False), exact, steps)
+    coarse, fine = convergence(
+        lambda n: model.sample(512, num_inference_steps=n, noise=z, data_space=False), exact, steps
+    )
     assert fine < 0.02 and coarse / fine > 0.6 * 4**order, (coarse, fine)
 
 
@@ -159,22 +164,33 @@ def test_flow_euler_is_exact_in_one_step_for_a_point_mass():
     assert torch.allclose(x, MU.expand_as(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "sampler", ["euler", "heun", "midpoint", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+)
 def test_flow_samplers_land_on_a_point_mass(sampler):
     model = module(FlowMatching(), FlowOracle(s=torch.zeros(2)), sampler)
     x = model.sample(256, num_inference_steps=6, generator=torch.Generator().manual_seed(0), data_space=False)
     assert torch.allclose(x, MU.expand_as(x), atol=1e-4), (x - MU).abs().max()
 
 
-@pytest.mark.parametrize("sampler, steps, order", [("euler", 50, 1), ("heun", 12, 2), ("midpoint", 12, 2),
-                                                   ("FlowMatchEulerDiscreteScheduler", 50, 1),
-                                                   ("FlowMatchHeunDiscreteScheduler", 12, 2)])
+@pytest.mark.parametrize(
+    "sampler, steps, order",
+    [
+        ("euler", 50, 1),
+        ("heun", 12, 2),
+        ("midpoint", 12, 2),
+        ("FlowMatchEulerDiscreteScheduler", 50, 1),
+        ("FlowMatchHeunDiscreteScheduler", 12, 2),
+    ],
+)
 def test_flow_samplers_converge_to_the_exact_ode_of_a_gaussian(sampler, steps, order):
     """For Gaussian data the flow of the exact velocity maps noise z to MU + S z, sample by sample; the samplers
     approach it at their order."""
     model = module(FlowMatching(), FlowOracle(), sampler)
     z = torch.randn(512, 2, generator=torch.Generator().manual_seed(1))
-    coarse, fine = convergence(lambda n: model.sample(512, num_inference_steps=n, noise=z, data_space=False), MU + S * z, steps)
+    coarse, fine = convergence(
+        lambda n: model.sample(512, num_inference_steps=n, noise=z, data_space=False), MU + S * z, steps
+    )
     assert fine < 0.02 and coarse / fine > 0.6 * 4**order, (coarse, fine)
 
 
@@ -192,38 +208,65 @@ def test_flow_time_grid_and_training_times():
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("steps, spacing, clip", [(1000, "leading", False), (50, "leading", True), (30, "trailing", False),
-                                                  (25, "linspace", True)])
+@pytest.mark.parametrize(
+    "steps, spacing, clip",
+    [(1000, "leading", False), (50, "leading", True), (30, "trailing", False), (25, "linspace", True)],
+)
 def test_diffusers_ddpm_matches_the_papers_step(prediction_type, steps, spacing, clip):
     """DDPMScheduler and `ddpm` (Ho et al. 2020, eq. 7 and 11) agree to 1e-5 with any network, on the same noise."""
     scheduler = DDPMScheduler(clip_sample=clip, timestep_spacing=spacing)
-    model = DiffusionModule(denoiser=MLPDenoiser(hidden_dim=32, num_blocks=1), scheduler=scheduler,
-                            prediction_type=prediction_type, sample_shape=(2,))
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(hidden_dim=32, num_blocks=1),
+        scheduler=scheduler,
+        prediction_type=prediction_type,
+        sample_shape=(2,),
+    )
     z = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    ours = model.sample(16, sampler="ddpm", num_inference_steps=steps, noise=z, generator=torch.Generator().manual_seed(1))
-    theirs = model.sample(16, sampler="DDPMScheduler", num_inference_steps=steps, noise=z,
-                          generator=torch.Generator().manual_seed(1))
+    ours = model.sample(
+        16, sampler="ddpm", num_inference_steps=steps, noise=z, generator=torch.Generator().manual_seed(1)
+    )
+    theirs = model.sample(
+        16, sampler="DDPMScheduler", num_inference_steps=steps, noise=z, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("steps, spacing, clip, eta", [(50, "leading", False, 0.0), (20, "trailing", True, 0.0),
-                                                       (40, "leading", True, 1.0), (10, "linspace", False, 0.5)])
+@pytest.mark.parametrize(
+    "steps, spacing, clip, eta",
+    [
+        (50, "leading", False, 0.0),
+        (20, "trailing", True, 0.0),
+        (40, "leading", True, 1.0),
+        (10, "linspace", False, 0.5),
+    ],
+)
 def test_diffusers_ddim_matches_the_papers_step(prediction_type, steps, spacing, clip, eta):
     """DDIMScheduler and `ddim` (Song et al. 2021, eq. 12) agree to 1e-5, deterministic (eta 0) or not."""
     scheduler = DDPMScheduler(clip_sample=clip, timestep_spacing=spacing)
-    model = DiffusionModule(denoiser=MLPDenoiser(hidden_dim=32, num_blocks=1), scheduler=scheduler,
-                            prediction_type=prediction_type, sample_shape=(2,))
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(hidden_dim=32, num_blocks=1),
+        scheduler=scheduler,
+        prediction_type=prediction_type,
+        sample_shape=(2,),
+    )
     z = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    ours = model.sample(16, sampler="ddim", sampler_kwargs={"eta": eta}, num_inference_steps=steps, noise=z,
-                        generator=torch.Generator().manual_seed(1))
+    ours = model.sample(
+        16,
+        sampler="ddim",
+        sampler_kwargs={"eta": eta},
+        num_inference_steps=steps,
+        noise=z,
+        generator=torch.Generator().manual_seed(1),
+    )
     theirs = DDIMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
     theirs.set_timesteps(steps)
     x, g = z.clone(), torch.Generator().manual_seed(1)
     with torch.no_grad():
         for t in theirs.timesteps:
-            x = theirs.step(model.denoiser(x, t.expand(16)), t, x, eta=eta, generator=g,
-                            use_clipped_model_output=clip).prev_sample
+            x = theirs.step(
+                model.denoiser(x, t.expand(16)), t, x, eta=eta, generator=g, use_clipped_model_output=clip
+            ).prev_sample
     assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()
 
 
@@ -233,11 +276,18 @@ def test_the_papers_steps_recover_the_gaussian():
     from test_sampler_oracles import GaussianOracle
 
     scheduler = DDPMScheduler(clip_sample=False)
-    model = DiffusionModule(denoiser=GaussianOracle(scheduler.alphas_cumprod, 0.7, 0.5, "epsilon"), scheduler=scheduler,
-                            sample_shape=(2,))
+    model = DiffusionModule(
+        denoiser=GaussianOracle(scheduler.alphas_cumprod, 0.7, 0.5, "epsilon"), scheduler=scheduler, sample_shape=(2,)
+    )
     for sampler, steps in (("ddpm", 1000), ("ddim", 200)):  # trailing: DDIM starts at t = T - 1 (Lin et al. 2024)
-        x = model.sample(4000, sampler=sampler, num_inference_steps=steps, generator=torch.Generator().manual_seed(3),
-                         data_space=False, sampler_kwargs={"timestep_spacing": "trailing"})
+        x = model.sample(
+            4000,
+            sampler=sampler,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(3),
+            data_space=False,
+            sampler_kwargs={"timestep_spacing": "trailing"},
+        )
         assert abs(x.mean().item() - 0.7) < 0.02 and abs(x.std().item() - 0.5) < 0.02, sampler
 
 
@@ -253,7 +303,9 @@ def test_a_formulation_refuses_what_belongs_to_another():
         DiffusionModule(denoiser=MLPDenoiser(), formulation=EDM(), scheduler=DDPMScheduler())
     with pytest.raises(ValueError, match="neither a scheduler.*nor a formulation"):
         DiffusionModule(denoiser=MLPDenoiser())
-    with pytest.raises(ValueError, match="sampler_kwargs of heun has no option 'S_chur' \\(did you mean 'S_churn'\\?\\)"):
+    with pytest.raises(
+        ValueError, match="sampler_kwargs of heun has no option 'S_chur' \\(did you mean 'S_churn'\\?\\)"
+    ):
         module(EDM(), EDMOracle(0.5), "heun", sampler_kwargs={"S_chur": 10})
     with pytest.raises(ValueError, match="sampler_kwargs of ddim has no option 'etta'"):
         DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(), sampler="ddim", sampler_kwargs={"etta": 1})
@@ -264,16 +316,26 @@ def test_a_formulation_refuses_what_belongs_to_another():
         unfit.sample(2)
 
 
-@pytest.mark.parametrize("formulation", [VP(DDPMScheduler()), EDM(sigma_data=1.0), FlowMatching()], ids=["vp", "edm", "flow"])
+@pytest.mark.parametrize(
+    "formulation", [VP(DDPMScheduler()), EDM(sigma_data=1.0), FlowMatching()], ids=["vp", "edm", "flow"]
+)
 def test_guidance_is_one_rule_for_every_formulation(formulation):
     """Classifier-free guidance combines the network's outputs, whatever they mean (eps, F, v): guidance 1 is the
     conditional model and 0 the unconditional one in every formulation."""
     denoiser = MLPDenoiser(num_classes=2, hidden_dim=32, num_blocks=1)
-    model = DiffusionModule(denoiser=denoiser, formulation=formulation, sample_shape=(2,), num_classes=2,
-                            label_dropout=0.1, num_inference_steps=4)
+    model = DiffusionModule(
+        denoiser=denoiser,
+        formulation=formulation,
+        sample_shape=(2,),
+        num_classes=2,
+        label_dropout=0.1,
+        num_inference_steps=4,
+    )
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
-    run = lambda s, y: model.sample(6, class_labels=y, guidance_scale=s, noise=z, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    run = lambda s, y: model.sample(
+        6, class_labels=y, guidance_scale=s, noise=z, generator=torch.Generator().manual_seed(1)
+    )  # noqa: E731
     assert torch.allclose(run(0.0, labels), run(0.0, 1 - labels), atol=1e-6)  # s = 0: the null label, whatever asked
     assert not torch.allclose(run(3.0, labels), run(1.0, labels), atol=1e-3)
 
@@ -281,8 +343,10 @@ def test_guidance_is_one_rule_for_every_formulation(formulation):
 # ------------------------------------------------------------------------ through the CLI, to diffusers
 
 
-@pytest.mark.parametrize("config, scheduler", [("mnist_cond_edm.yaml", "EDMEulerScheduler"),
-                                               ("mnist_cond_flow.yaml", "FlowMatchEulerDiscreteScheduler")])
+@pytest.mark.parametrize(
+    "config, scheduler",
+    [("mnist_cond_edm.yaml", "EDMEulerScheduler"), ("mnist_cond_flow.yaml", "FlowMatchEulerDiscreteScheduler")],
+)
 def test_image_formulations_train_sample_and_export(tmp_path, fake_mnist_root, config, scheduler):
     """A conditional EDM or flow UNet trains through the CLI, reloads with load_from_checkpoint and samples with
     guidance, and exports its UNet with the matching diffusers scheduler (EDM's measured sigma_data in it), which
@@ -292,14 +356,28 @@ def test_image_formulations_train_sample_and_export(tmp_path, fake_mnist_root, c
     import diffusers
     from test_images import fit
 
-    from lightning_diffusion.export import export
+    from lightning_diffusion.tools.export import export
 
-    fit(REPO / "configs" / config, tmp_path, fake_mnist_root, "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
-        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0", "--data.init_args.batch_size", "4")
+    fit(
+        REPO / "configs" / config,
+        tmp_path,
+        fake_mnist_root,
+        "--trainer.max_steps",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--data.init_args.batch_size",
+        "4",
+    )
     (ckpt,) = tmp_path.glob("*/version_0/checkpoints/last.ckpt")
     model = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
-    images = model.sample(2, class_labels=[3, 7], num_inference_steps=2, guidance_scale=2.0,
-                          generator=torch.Generator().manual_seed(0))
+    images = model.sample(
+        2, class_labels=[3, 7], num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
+    )
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
     folder = export(ckpt, tmp_path / "export")
     info = json.loads((folder / "lightning_diffusion.json").read_text())
@@ -323,14 +401,51 @@ def test_validate_records_the_sampler_the_formulation_chose(tmp_path):
 
     from lightning_diffusion.cli import main
 
-    quiet = ["--trainer.enable_progress_bar", "false", "--data.init_args.num_samples", "512",
-             "--data.init_args.num_val_samples", "256", "--model.val_num_samples", "64"]
-    main(["fit", "--config", str(REPO / "configs/moons_flow.yaml"), "--model.sampler", "null",
-          "--model.num_inference_steps", "null", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-          "--trainer.limit_val_batches", "0", "--output_dir", str(tmp_path), *quiet])
+    quiet = [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.num_samples",
+        "512",
+        "--data.init_args.num_val_samples",
+        "256",
+        "--model.val_num_samples",
+        "64",
+    ]
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/moons_flow.yaml"),
+            "--model.sampler",
+            "null",
+            "--model.num_inference_steps",
+            "null",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--output_dir",
+            str(tmp_path),
+            *quiet,
+        ]
+    )
     (run,) = tmp_path.glob("moons_flow/version_0")
-    main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
-          "--trainer.limit_val_batches", "1.0", "--output_dir", str(tmp_path / "validate"), *quiet])
+    main(
+        [
+            "validate",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints/last.ckpt"),
+            "--trainer.limit_val_batches",
+            "1.0",
+            "--output_dir",
+            str(tmp_path / "validate"),
+            *quiet,
+        ]
+    )
     (path,) = (tmp_path / "validate").rglob("metrics_validate.json")
     record = json.loads(path.read_text())
     model = DiffusionModule.load_from_checkpoint(run / "checkpoints/last.ckpt", map_location="cpu")

@@ -22,15 +22,26 @@ FLOOR = 0.95  # "far above chance (0.5)": trained models reach 0.99 at guidance 
 
 
 def moons(batch_size: int) -> Toy2DDataModule:
-    return Toy2DDataModule(dataset="moons", labels=True, noise=0.1, num_samples=20_000, num_val_samples=4_000,
-                           batch_size=batch_size, seed=0)
+    return Toy2DDataModule(
+        dataset="moons",
+        labels=True,
+        noise=0.1,
+        num_samples=20_000,
+        num_val_samples=4_000,
+        batch_size=batch_size,
+        seed=0,
+    )
 
 
 def make_model(data: Toy2DDataModule) -> DiffusionModule:
     return DiffusionModule(
         denoiser=MLPDenoiser(sample_shape=(2,), num_classes=2, hidden_dim=128, num_blocks=2),
         scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False),
-        num_classes=2, label_dropout=0.2, sample_shape=(2,), data_mean=data.data_mean, data_std=data.data_std,
+        num_classes=2,
+        label_dropout=0.2,
+        sample_shape=(2,),
+        data_mean=data.data_mean,
+        data_std=data.data_std,
     )
 
 
@@ -39,7 +50,9 @@ def outcomes():
     """Per sample: whether it landed on the moon asked for (trained at guidance 0, 1 and 3; untrained at 1), and the
     distance to its nearest held-out point; plus the same distance for fresh real points."""
     data = moons(batch_size=512)
-    held_out, held_out_labels = (torch.cat(parts) for parts in zip(*moons(batch_size=4_000).val_dataloader()))
+    held_out, held_out_labels = (
+        torch.cat(parts) for parts in zip(*moons(batch_size=4_000).val_dataloader(), strict=False)
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # this tiny MLP trains 10x faster on one thread of a busy 2-core machine
     try:
@@ -65,8 +78,14 @@ def outcomes():
         labels = torch.arange(N) % 2
 
         def land(m: DiffusionModule, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
-            x = m.sample(N, class_labels=labels, guidance_scale=guidance, generator=torch.Generator().manual_seed(1),
-                         data_space=False, **SAMPLER)
+            x = m.sample(
+                N,
+                class_labels=labels,
+                guidance_scale=guidance,
+                generator=torch.Generator().manual_seed(1),
+                data_space=False,
+                **SAMPLER,
+            )
             distance, nearest = torch.cdist(x, held_out).min(1)
             return held_out_labels[nearest] == labels, distance
 

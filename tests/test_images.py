@@ -4,17 +4,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, cpu_overrides
 from PIL import Image
 
-from conftest import REPO, cpu_overrides
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.denoisers import UNetDenoiser
 
 MNIST_COND = REPO / "configs" / "mnist_cond.yaml"
 MNIST = REPO / "configs" / "mnist.yaml"
 TINY_UNET = [
-    "--model.denoiser.init_args.block_out_channels", "[32, 32, 32]",
-    "--model.denoiser.init_args.attention_levels", "[]", "--model.denoiser.init_args.layers_per_block", "1",
+    "--model.denoiser.init_args.block_out_channels",
+    "[32, 32, 32]",
+    "--model.denoiser.init_args.attention_levels",
+    "[]",
+    "--model.denoiser.init_args.layers_per_block",
+    "1",
 ]
 
 
@@ -29,9 +33,17 @@ def fit(config, out, data_root, *extra):
 def trained_cond(tmp_path_factory, fake_mnist_root):
     out = tmp_path_factory.mktemp("cond")
     fit(
-        MNIST_COND, out, fake_mnist_root,
-        "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "1", "--data.init_args.batch_size", "16",
-        "--model.optimizer.init_args.lr", "0.002",
+        MNIST_COND,
+        out,
+        fake_mnist_root,
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--data.init_args.batch_size",
+        "16",
+        "--model.optimizer.init_args.lr",
+        "0.002",
     )
     return out / "mnist_cond" / "version_0"
 
@@ -62,13 +74,29 @@ def test_grid_rows_are_conditioned_on_their_class():
 def test_predict_writes_uint8_samples_and_grids(trained_cond, tmp_path):
     from lightning_diffusion.cli import main
 
-    main([
-        "predict", "--config", str(trained_cond / "config.yaml"), "--ckpt_path", str(trained_cond / "checkpoints/last.ckpt"),
-        "--model.sampler", "DPMSolverMultistepScheduler", "--model.num_inference_steps", "3",
-        "--model.guidance_scale", "3.0", "--data.init_args.predict_num_samples", "30",
-        "--data.init_args.predict_class_labels", "[7]", "--output_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false",
-    ])
+    main(
+        [
+            "predict",
+            "--config",
+            str(trained_cond / "config.yaml"),
+            "--ckpt_path",
+            str(trained_cond / "checkpoints/last.ckpt"),
+            "--model.sampler",
+            "DPMSolverMultistepScheduler",
+            "--model.num_inference_steps",
+            "3",
+            "--model.guidance_scale",
+            "3.0",
+            "--data.init_args.predict_num_samples",
+            "30",
+            "--data.init_args.predict_class_labels",
+            "[7]",
+            "--output_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     (npz,) = tmp_path.rglob("samples.npz")
     arrays = np.load(npz)
     assert arrays["samples"].shape == (30, 32, 32, 1) and arrays["samples"].dtype == np.uint8
@@ -81,7 +109,7 @@ def test_export_conditional_unet_reloads_in_diffusers(trained_cond, tmp_path):
 
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from lightning_diffusion.export import export
+    from lightning_diffusion.tools.export import export
 
     folder = export(trained_cond / "checkpoints/last.ckpt", tmp_path / "export")
     unet = UNet2DModel.from_pretrained(folder / "unet")
@@ -100,10 +128,19 @@ def test_export_conditional_unet_reloads_in_diffusers(trained_cond, tmp_path):
 def test_unconditional_export_is_a_ddpm_pipeline_that_samples_as_the_model(tmp_path, fake_mnist_root, capsys):
     from diffusers import DDPMPipeline
 
-    from lightning_diffusion.export import main as export_main
+    from lightning_diffusion.tools.export import main as export_main
 
-    fit(MNIST, tmp_path, fake_mnist_root, "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
-        "--trainer.limit_val_batches", "1")
+    fit(
+        MNIST,
+        tmp_path,
+        fake_mnist_root,
+        "--trainer.max_steps",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    )
     (ckpt,) = (tmp_path / "mnist" / "version_0" / "checkpoints").glob("last.ckpt")
     export_main([str(ckpt), str(tmp_path / "pipe")])  # the command's entry point
     assert f"Exported to {tmp_path / 'pipe'}" in capsys.readouterr().out
@@ -125,8 +162,10 @@ def test_export_command_refuses_a_2d_checkpoint_naming_its_denoiser(trained_moon
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_diffusion.export", str(trained_moons.last), str(tmp_path / "export")],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "lightning_diffusion.tools.export", str(trained_moons.last), str(tmp_path / "export")],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "MLPDenoiser" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "export").exists() and not list(tmp_path.iterdir())
@@ -135,8 +174,14 @@ def test_export_command_refuses_a_2d_checkpoint_naming_its_denoiser(trained_moon
 def test_size_mismatch_names_both_values(run_cli, capsys, fake_mnist_root):
     with pytest.raises(SystemExit):
         run_cli(
-            "fit", "--config", str(MNIST), *cpu_overrides(MNIST, fake_mnist_root),
-            "--data.init_args.pad_to_32", "false", "--model.denoiser.init_args.block_out_channels", "[32, 32, 32, 32]",
+            "fit",
+            "--config",
+            str(MNIST),
+            *cpu_overrides(MNIST, fake_mnist_root),
+            "--data.init_args.pad_to_32",
+            "false",
+            "--model.denoiser.init_args.block_out_channels",
+            "[32, 32, 32, 32]",
         )
     err = capsys.readouterr().err
     assert "28x28" in err and "not divisible by 8" in err and "Traceback" not in err

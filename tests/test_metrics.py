@@ -1,10 +1,9 @@
 import math
 
 import pytest
-
 import torch
 
-from lightning_diffusion.metrics import sliced_wasserstein
+from lightning_diffusion.metrics.distances import sliced_wasserstein
 
 
 def test_identical_samples_give_zero():
@@ -37,7 +36,7 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_mmd_identical_distributions_near_zero():
-    from lightning_diffusion.metrics import mmd_rbf
+    from lightning_diffusion.metrics.distances import mmd_rbf
 
     torch.manual_seed(2)
     assert abs(mmd_rbf(torch.randn(2000, 2), torch.randn(2000, 2)).item()) < 2e-3
@@ -46,18 +45,20 @@ def test_mmd_identical_distributions_near_zero():
 def test_mmd_shifted_gaussians_closed_form():
     """For N(0, s^2 I) vs N(mu, s^2 I) in d dims and kernel bandwidth b:
     MMD^2 = 2 (b^2 / (b^2 + 2 s^2))^(d/2) (1 - exp(-|mu|^2 / (2 (b^2 + 2 s^2))))."""
-    from lightning_diffusion.metrics import mmd_rbf
+    from lightning_diffusion.metrics.distances import mmd_rbf
 
     torch.manual_seed(3)
     d, s, b = 2, 1.0, 1.0
     mu = torch.tensor([1.0, 0.5])
-    expected = 2 * (b**2 / (b**2 + 2 * s**2)) ** (d / 2) * (1 - math.exp(-mu.pow(2).sum().item() / (2 * (b**2 + 2 * s**2))))
+    expected = (
+        2 * (b**2 / (b**2 + 2 * s**2)) ** (d / 2) * (1 - math.exp(-mu.pow(2).sum().item() / (2 * (b**2 + 2 * s**2))))
+    )
     value = mmd_rbf(torch.randn(3000, d) * s, torch.randn(3000, d) * s + mu, bandwidth=b).item()
     assert abs(value - expected) < 0.01, (value, expected)
 
 
 def test_blocked_mmd_equals_the_whole_kernel_matrix():
-    from lightning_diffusion.metrics import mmd_rbf
+    from lightning_diffusion.metrics.distances import mmd_rbf
 
     torch.manual_seed(4)
     x, y = torch.randn(300, 2), torch.randn(200, 2) + 0.3
@@ -85,7 +86,9 @@ def test_independent_draws_follow_the_asked_classes():
             assert (np.floor(points[:, 0]) % 2 == labels % 2).all()
     angles = np.sort(np.arctan2(*draw_toy2d("circles", 4000, 0.0, np.random.RandomState(1))[0].T[::-1]))
     assert np.histogram(angles, bins=8)[0].min() > 400  # uniform angles: 500 per bin expected
-    gaps = np.diff(angles)  # drawn, not spaced evenly as sklearn's: the gaps of uniform draws vary (about exponentially)
+    gaps = np.diff(
+        angles
+    )  # drawn, not spaced evenly as sklearn's: the gaps of uniform draws vary (about exponentially)
     assert gaps.std() > 0.5 * gaps.mean()
 
 
@@ -97,8 +100,8 @@ def test_exact_samples_score_a_mean_swd_ratio_of_one():
     import numpy as np
 
     from lightning_diffusion.data.toy2d import Toy2DDataModule, draw_toy2d
-    from lightning_diffusion.metrics import distribution_metrics, floor_metrics
-    from lightning_diffusion.sample_quality import floor_sets
+    from lightning_diffusion.metrics.distances import distribution_metrics, floor_metrics
+    from lightning_diffusion.metrics.validation import floor_sets
 
     n, per_set = 250, 3
     exact, shifted = [], []

@@ -1,7 +1,8 @@
 import pytest
 import torch
+from fakes import fake_digits as fake_images
+from fakes import write_idx
 
-from fakes import fake_digits as fake_images, write_idx
 from lightning_diffusion.data.torchvision_sets import TorchvisionDataModule
 
 NUM_TRAIN, NUM_TEST = 300, 100
@@ -66,7 +67,7 @@ def test_labels(mnist_root):
     x, y = next(iter(dm.train_dataloader()))
     assert y.dtype == torch.long and y.shape == (32,) and 0 <= y.min() and y.max() <= 9
     # each label's square sits at its own place: the labels travel with their images
-    for image, label in zip(x, y.tolist()):
+    for image, label in zip(x, y.tolist(), strict=False):
         assert image[0, 2 * label, 20 - 2 * label] == 1.0
     assert dm.num_classes == 10
 

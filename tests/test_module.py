@@ -6,12 +6,13 @@ from diffusers import DDPMScheduler
 from fakes import PointMassOracle
 from matplotlib.figure import Figure
 
-from lightning_diffusion import DiffusionModule, diffusion
-from lightning_diffusion.checks import sample_labels
+from lightning_diffusion import DiffusionModule
 from lightning_diffusion.callbacks.ema import warmup_decay
 from lightning_diffusion.callbacks.trajectory import forward_frames
 from lightning_diffusion.denoisers import MLPDenoiser
 from lightning_diffusion.formulations import VP
+from lightning_diffusion.formulations import ddpm as diffusion
+from lightning_diffusion.model.checks import sample_labels
 from lightning_diffusion.plotting import scatter_figure, trajectory_figure
 
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
@@ -124,16 +125,22 @@ def test_plots_are_pure_figures():
         assert tuple(tracked.get_facecolor()[0][:3]) == pytest.approx((0.17254902, 0.62745098, 0.17254902))
 
 
-@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-                                  "ddpm", "ddim"])
+@pytest.mark.parametrize(
+    "name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "ddpm", "ddim"]
+)
 def test_samplers_keep_the_training_clip(name):
     """With clip_sample, every sampler that can clip lands on the clip boundary for a point mass outside [-1, 1]:
     DPM-Solver/UniPC through thresholding capped at 1, DDIM through the eps of the clipped x0 (with the raw eps its
     update disagrees with its own x0 and ends elsewhere)."""
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=True)
     target = torch.tensor([[[3.0, -0.5], [0.2, -4.0]]])  # one 2x2 image, a point mass partly outside [-1, 1]
-    model = DiffusionModule(denoiser=PointMassOracle(scheduler.alphas_cumprod, target), scheduler=scheduler, sampler=name, sample_shape=(1, 2, 2),
-                            sampler_kwargs={"timestep_spacing": "trailing"})
+    model = DiffusionModule(
+        denoiser=PointMassOracle(scheduler.alphas_cumprod, target),
+        scheduler=scheduler,
+        sampler=name,
+        sample_shape=(1, 2, 2),
+        sampler_kwargs={"timestep_spacing": "trailing"},
+    )
     x = model.sample(8, num_inference_steps=20, generator=torch.Generator().manual_seed(0), data_space=False)
     assert torch.allclose(x, target.clamp(-1, 1).expand(8, 1, 2, 2), atol=1e-3), x[0]
 
@@ -142,8 +149,12 @@ def test_clip_carry_over_is_overridable():
     clipped = DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(clip_sample=True), sample_shape=(1, 4, 4))
     sampler = clipped.formulation.make_sampler("DPMSolverMultistepScheduler", None, image_like=True).scheduler
     assert sampler.config.thresholding and sampler.config.sample_max_value == 1.0
-    assert not VP(SCHEDULER).make_sampler(
-        "DPMSolverMultistepScheduler", None, image_like=False).scheduler.config.thresholding  # no clip to carry (2D)
+    assert (
+        not VP(SCHEDULER)
+        .make_sampler("DPMSolverMultistepScheduler", None, image_like=False)
+        .scheduler.config.thresholding
+    )  # no clip to carry (2D)
     # a config's own choice wins
-    assert not clipped.formulation.make_sampler("DPMSolverMultistepScheduler", {"thresholding": False},
-                                                image_like=True).scheduler.config.thresholding
+    assert not clipped.formulation.make_sampler(
+        "DPMSolverMultistepScheduler", {"thresholding": False}, image_like=True
+    ).scheduler.config.thresholding

@@ -9,15 +9,14 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from diffusers import DDPMScheduler
+from lightning.pytorch.callbacks import TQDMProgressBar
 from syncs import SyncCounter
 
-from conftest import REPO
 from lightning_diffusion import DiffusionModule
-from lightning.pytorch.callbacks import TQDMProgressBar
-
 from lightning_diffusion.callbacks import EMA, LossProgressBar, SamplePlot, TrajectoryPlot
-from lightning_diffusion.callbacks.common import should_run
+from lightning_diffusion.callbacks.artifacts import should_run
 from lightning_diffusion.data import Toy2DDataModule
 from lightning_diffusion.denoisers import MLPDenoiser
 
@@ -27,11 +26,24 @@ SCHEDULER = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip
 def tiny_fit(callbacks, max_epochs=1, log_every_n_steps=10, num_batches=40, **module_kwargs):
     L.seed_everything(0)
     data = Toy2DDataModule(num_samples=64 * num_batches, num_val_samples=128, batch_size=64)
-    model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,), num_inference_steps=10,
-                            prediction_type="v_prediction", **module_kwargs)
-    trainer = L.Trainer(max_epochs=max_epochs, log_every_n_steps=log_every_n_steps, callbacks=callbacks, logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(),
+        scheduler=SCHEDULER,
+        sample_shape=(2,),
+        num_inference_steps=10,
+        prediction_type="v_prediction",
+        **module_kwargs,
+    )
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        log_every_n_steps=log_every_n_steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, data)
     return trainer, model
 
@@ -67,12 +79,12 @@ def test_ema_is_one_fused_update_without_host_syncs_and_the_warmed_up_average():
             ema.on_train_batch_end(SimpleNamespace(global_step=n + 1), module, None, None, n)
             current = [p.detach() for p in module.parameters()]
             d = min(0.9, (1 + n) / (10 + n))  # the warmed-up decay of the n-th update
-            expected = [c.clone() if n == 0 else d * e + (1 - d) * c for e, c in zip(expected, current)]
+            expected = [c.clone() if n == 0 else d * e + (1 - d) * c for e, c in zip(expected, current, strict=False)]
     finally:
         torch.Tensor.item, torch.Tensor.__bool__ = original
     assert syncs == []
     averaged = list(ema._average_model.module.parameters())
-    for a, e in zip(averaged, expected):
+    for a, e in zip(averaged, expected, strict=False):
         assert torch.allclose(a, e, atol=1e-6)
     assert ema.num_updates == 6 and int(ema._average_model.n_averaged) == 6
 
@@ -86,7 +98,9 @@ def test_ema_options_and_validation_before_the_first_update():
     trainer, model = tiny_fit([late], max_epochs=2, num_batches=8)
     assert torch.equal(trainer.callback_metrics["val/loss"], plain.trainer.callback_metrics["val/loss"])
     assert late.num_updates == 0
-    for a, b in zip(model.parameters(), plain.parameters()):  # the trained weights were not replaced at the end
+    for a, b in zip(
+        model.parameters(), plain.parameters(), strict=False
+    ):  # the trained weights were not replaced at the end
         assert torch.equal(a, b)
     every = EMA(decay=0.9, update_every_n_steps=3, update_starting_at_step=4, device="cpu")
     tiny_fit([every], max_epochs=2, num_batches=8)
@@ -108,10 +122,22 @@ def test_ema_says_once_that_validation_uses_the_training_weights_and_not_at_the_
             caplog.clear()
             L.seed_everything(0)
             data = Toy2DDataModule(num_samples=64 * 4, num_val_samples=128, batch_size=64)
-            model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,),
-                                    num_inference_steps=2, val_num_samples=16)
-            trainer = L.Trainer(max_epochs=2, callbacks=[ema], logger=False, enable_progress_bar=False,
-                                enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=1)
+            model = DiffusionModule(
+                denoiser=MLPDenoiser(),
+                scheduler=SCHEDULER,
+                sample_shape=(2,),
+                num_inference_steps=2,
+                val_num_samples=16,
+            )
+            trainer = L.Trainer(
+                max_epochs=2,
+                callbacks=[ema],
+                logger=False,
+                enable_progress_bar=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=1,
+            )
             trainer.fit(model, data)
             # the same record may reach caplog's handler twice (directly and through the root): count records once
             told = {id(r) for r in caplog.records if "EMA: no update yet" in r.getMessage()}
@@ -125,13 +151,30 @@ def plotted_fit(tmp_path, val_num_samples, trajectory=True):
     returns the module and its sample() calls during validation."""
     L.seed_everything(0)
     data = Toy2DDataModule(num_samples=64 * 8, num_val_samples=256, batch_size=64)
-    model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,), num_inference_steps=10,
-                            prediction_type="v_prediction", val_num_samples=val_num_samples)
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(),
+        scheduler=SCHEDULER,
+        sample_shape=(2,),
+        num_inference_steps=10,
+        prediction_type="v_prediction",
+        val_num_samples=val_num_samples,
+    )
     calls, sample = [], model.sample
-    model.sample = lambda *args, **kwargs: calls.append(args[0] if args else kwargs["num_samples"]) or sample(*args, **kwargs)
-    plots = [SamplePlot(every_n_epochs=1, num_samples=100)] + ([TrajectoryPlot(every_n_epochs=2, num_points=100)] if trajectory else [])
-    trainer = L.Trainer(max_epochs=2, callbacks=[EMA(decay=0.9), *plots], logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    model.sample = lambda *args, **kwargs: (
+        calls.append(args[0] if args else kwargs["num_samples"]) or sample(*args, **kwargs)
+    )
+    plots = [SamplePlot(every_n_epochs=1, num_samples=100)] + (
+        [TrajectoryPlot(every_n_epochs=2, num_points=100)] if trajectory else []
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[EMA(decay=0.9), *plots],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, data)
     return model, calls, trainer
 
@@ -162,8 +205,15 @@ def test_the_progress_bar_shows_the_loss_and_redraws_at_its_pace(monkeypatch):
     def fit(*callbacks):
         L.seed_everything(0)
         model = DiffusionModule(denoiser=MLPDenoiser(), scheduler=SCHEDULER, sample_shape=(2,))
-        trainer = L.Trainer(max_epochs=2, callbacks=list(callbacks), logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, limit_val_batches=0, log_every_n_steps=4)
+        trainer = L.Trainer(
+            max_epochs=2,
+            callbacks=list(callbacks),
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            log_every_n_steps=4,
+        )
         trainer.fit(model, Toy2DDataModule(num_samples=64 * 8, num_val_samples=64, batch_size=64))
         return trainer, model
 
@@ -189,15 +239,19 @@ def test_zero_terminal_snr_with_epsilon_prediction_is_refused():
 def test_sample_metrics_need_twice_val_num_samples_held_out():
     """256 held-out points cannot give 200 compared and 200 for the floor: refused before training, instead of
     computing the metrics on 128 while the record says 200."""
-    with pytest.raises(ValueError, match=r"val_num_samples=200 needs 400 held-out samples .* the validate set has 128|"
-                                         r"val_num_samples=200 needs 400 held-out samples .* has 128"):
+    with pytest.raises(
+        ValueError,
+        match=r"val_num_samples=200 needs 400 held-out samples .* the validate set has 128|"
+        r"val_num_samples=200 needs 400 held-out samples .* has 128",
+    ):
         tiny_fit([], val_num_samples=200)
 
 
 def test_plots_respect_every_n_epochs_in_runs_bounded_by_steps():
     def trainer(epoch, max_epochs):
-        return SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, max_epochs=max_epochs,
-                               fast_dev_run=False)
+        return SimpleNamespace(
+            sanity_checking=False, is_global_zero=True, current_epoch=epoch, max_epochs=max_epochs, fast_dev_run=False
+        )
 
     assert [should_run(trainer(e, -1), 5) for e in range(10)] == [e % 5 == 4 for e in range(10)]
     assert should_run(trainer(6, 7), 5)  # the last epoch of an epoch-bounded run always draws
@@ -207,23 +261,49 @@ def test_plots_respect_every_n_epochs_in_runs_bounded_by_steps():
 def test_ddp_ranks_draw_their_own_noise_and_resume_exactly(tmp_path):
     """Two CPU ranks (gloo): the global random state differs between the ranks at every step (each rank its own
     timesteps, noise and label dropout), and 2 + 2 epochs under DDP equal 4 straight epochs."""
-    args = ["--config", str(REPO / "configs/moons.yaml"), "--data.init_args.num_samples", "1024",
-            "--data.init_args.num_val_samples", "256", "--model.val_num_samples", "64",
-            "--model.num_inference_steps", "10", "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-            "--trainer.enable_progress_bar", "false", "--output_dir", str(tmp_path / "outputs"),
-            "--trainer.callbacks+=rng_record.RecordRngState", f"--trainer.callbacks.folder={tmp_path / 'rng'}"]
+    args = [
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        "--data.init_args.num_samples",
+        "1024",
+        "--data.init_args.num_val_samples",
+        "256",
+        "--model.val_num_samples",
+        "64",
+        "--model.num_inference_steps",
+        "10",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--output_dir",
+        str(tmp_path / "outputs"),
+        "--trainer.callbacks+=rng_record.RecordRngState",
+        f"--trainer.callbacks.folder={tmp_path / 'rng'}",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 
     def fit(*extra):
-        result = subprocess.run([sys.executable, "-m", "lightning_diffusion", "fit", *args, *extra], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "lightning_diffusion", "fit", *args, *extra],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
     fit("--trainer.max_epochs", "4", "--experiment", "straight")
     ranks = [(tmp_path / "rng" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 4 * 1024 // 256 // 2
-    assert all(a != b for a, b in zip(*ranks)), "the ranks drew the same random stream"
+    assert all(a != b for a, b in zip(*ranks, strict=False)), "the ranks drew the same random stream"
     fit("--trainer.max_epochs", "2", "--experiment", "resumed")
     fit("--trainer.max_epochs", "4", "--experiment", "resumed", "--ckpt_path", "last")
     load = lambda p: torch.load(p, map_location="cpu", weights_only=False)  # noqa: E731

@@ -2,10 +2,10 @@
 fitted to the data, the trained model read with the wrong target and the same run after half its epochs do not."""
 
 import torch
+from quality import fitted_gaussian, moons_arcs, moons_failures, real_moons, swd_failure
 
 from lightning_diffusion import DiffusionModule
-from lightning_diffusion.metrics import sliced_wasserstein
-from quality import fitted_gaussian, moons_arcs, moons_failures, real_moons, swd_failure
+from lightning_diffusion.metrics.distances import sliced_wasserstein
 
 SAMPLER = dict(sampler="DPMSolverMultistepScheduler", num_inference_steps=20)
 
@@ -50,5 +50,9 @@ def test_swd_yardstick_fails_a_gaussian_and_the_wrong_target(trained_moons):
     assert swd_failure(sliced_wasserstein(gaussian, held_out).item(), held_out, train) is not None
     wrong = samples(trained_moons.last, 1000, data_space=False, prediction_type="epsilon")
     assert swd_failure(sliced_wasserstein(wrong, held_out).item(), held_out, train) is not None
-    assert swd_failure(sliced_wasserstein(samples(trained_moons.last, 1000, data_space=False), held_out).item(),
-                       held_out, train) is None
+    assert (
+        swd_failure(
+            sliced_wasserstein(samples(trained_moons.last, 1000, data_space=False), held_out).item(), held_out, train
+        )
+        is None
+    )

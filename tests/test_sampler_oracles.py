@@ -21,7 +21,9 @@ from lightning_diffusion import DiffusionModule
 MU, S = 0.7, 0.5
 # beta_start/beta_end given explicitly: diffusers' from_config gives a sampler its *own* defaults for the options a
 # scheduler was built without, and Heun's (0.00085, 0.012) differ (see test_default_betas_reach_every_sampler)
-SCHEDULER = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False)
+SCHEDULER = DDPMScheduler(
+    num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False
+)
 # Steps per sampler: first-order samplers shrink the variance of Gaussian data at few steps (std 0.44 for DDPM and
 # Euler ancestral at 50 steps, 0.47 for DDIM and Euler); at these counts every sampler's std is within 0.0085 of S and
 # its mean within 0.0025 of MU (measured with 1e5 points). PNDM needs 250: it combines v-outputs of earlier steps
@@ -72,7 +74,9 @@ class GaussianOracle(torch.nn.Module):
         mu, s2, var = self.mu, self.s**2, a * self.s**2 + 1 - a  # var: the variance of x_t
         x0 = (a.sqrt() * s2 / var, mu * (1 - a * s2 / var))  # mu + sqrt(a) s^2 / var (x_t - sqrt(a) mu)
         eps = ((1 - a).sqrt() / var, -(1 - a).sqrt() / var * a.sqrt() * mu)  # (x_t - sqrt(a) E[x0|x_t]) / sqrt(1 - a)
-        v = tuple(a.sqrt() * e - (1 - a).sqrt() * x for e, x in zip(eps, x0))  # sqrt(a) E[eps|x_t] - sqrt(1 - a) E[x0|x_t]
+        v = tuple(
+            a.sqrt() * e - (1 - a).sqrt() * x for e, x in zip(eps, x0, strict=False)
+        )  # sqrt(a) E[eps|x_t] - sqrt(1 - a) E[x0|x_t]
         return {"epsilon": eps, "sample": x0, "v_prediction": v}[self.prediction_type]
 
     def forward(self, x_t, t, class_labels=None):
@@ -86,16 +90,23 @@ class GaussianOracle(torch.nn.Module):
 
 def oracle_model(prediction_type: str, sampler: str, sample_shape: tuple, scheduler=SCHEDULER) -> DiffusionModule:
     oracle = GaussianOracle(scheduler.alphas_cumprod, MU, S, prediction_type)
-    return DiffusionModule(denoiser=oracle, scheduler=scheduler, prediction_type=prediction_type, sampler=sampler,
-                           sample_shape=sample_shape)
+    return DiffusionModule(
+        denoiser=oracle,
+        scheduler=scheduler,
+        prediction_type=prediction_type,
+        sampler=sampler,
+        sample_shape=sample_shape,
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def samples(sampler: str, prediction_type: str, shape: str) -> torch.Tensor:
     """Seeded samples of the oracle model (the same x_T and sampler noise for every prediction type)."""
     sample_shape, n = SHAPES[shape]
     model = oracle_model(prediction_type, sampler, sample_shape)
-    return model.sample(n, num_inference_steps=STEPS[sampler], generator=torch.Generator().manual_seed(0), data_space=False)
+    return model.sample(
+        n, num_inference_steps=STEPS[sampler], generator=torch.Generator().manual_seed(0), data_space=False
+    )
 
 
 def assert_gaussian(x: torch.Tensor) -> None:
@@ -140,8 +151,13 @@ def test_oracle_sees_the_noise_level_of_float_timesteps():
     assert torch.allclose(oracle.alpha_bar(euler.timesteps), expected, rtol=1e-5)
 
 
-CASES = [(sampler, prediction_type, shape) for shape in SHAPES for sampler in (STEPS if shape == "2d" else THRESHOLDING)
-         for prediction_type in PREDICTION_TYPES if not (prediction_type == "sample" and sampler in CANNOT_READ_X0)]
+CASES = [
+    (sampler, prediction_type, shape)
+    for shape in SHAPES
+    for sampler in (STEPS if shape == "2d" else THRESHOLDING)
+    for prediction_type in PREDICTION_TYPES
+    if not (prediction_type == "sample" and sampler in CANNOT_READ_X0)
+]
 
 
 @pytest.mark.parametrize("sampler,prediction_type,shape", CASES)
@@ -151,7 +167,9 @@ def test_samplers_recover_the_gaussian(sampler, prediction_type, shape):
     assert_gaussian(samples(sampler, prediction_type, shape))
 
 
-@pytest.mark.parametrize("sampler,shape", sorted({(sampler, shape) for sampler, _, shape in CASES if sampler != "PNDMScheduler"}))
+@pytest.mark.parametrize(
+    "sampler,shape", sorted({(sampler, shape) for sampler, _, shape in CASES if sampler != "PNDMScheduler"})
+)
 def test_prediction_types_give_the_same_samples(sampler, shape):
     """From the same x_T and noise, the eps, x0 and v oracles give the same samples to float32 precision: the samplers
     convert between the targets exactly (PNDM, which does not for v and refuses x0, is left out)."""
@@ -167,7 +185,9 @@ def test_prediction_types_give_the_same_samples(sampler, shape):
 def test_samplers_that_cannot_read_x0_refuse(sampler):
     """PNDM and Euler ancestral have no x0 parameterization: a sample-prediction model is refused, not misread."""
     with pytest.raises((ValueError, NotImplementedError), match="sample"):
-        oracle_model("sample", sampler, (2,)).sample(4, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+        oracle_model("sample", sampler, (2,)).sample(
+            4, num_inference_steps=5, generator=torch.Generator().manual_seed(0)
+        )
 
 
 DEFAULT_BETAS = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
@@ -179,8 +199,9 @@ def test_default_betas_reach_every_sampler(sampler):
     training schedule's process (before samplers.build_sampler dropped diffusers' "defaulted" marker, Heun and KDPM2
     took their own default betas and ended with mean 0.57 instead of 0.7)."""
     model = oracle_model("epsilon", sampler, (2,), scheduler=DEFAULT_BETAS)
-    x = model.sample(2000, num_inference_steps=STEPS.get(sampler, 50), generator=torch.Generator().manual_seed(0),
-                     data_space=False)
+    x = model.sample(
+        2000, num_inference_steps=STEPS.get(sampler, 50), generator=torch.Generator().manual_seed(0), data_space=False
+    )
     assert_gaussian(x)
 
 
@@ -189,11 +210,27 @@ def test_export_keeps_the_prediction_type(tmp_path, fake_mnist_root):
     and the scheduler's x0 from a UNet output is sqrt(a) x_t - sqrt(1 - a) v."""
     from test_images import MNIST, fit  # the CLI run that test_images exports from, on the generated MNIST files
 
-    from lightning_diffusion.export import export
+    from lightning_diffusion.tools.export import export
 
-    fit(MNIST, tmp_path, fake_mnist_root, "--model.prediction_type", "v_prediction", "--trainer.max_steps", "1",
-        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-        "--data.init_args.batch_size", "2", "--model.denoiser.init_args.block_out_channels", "[32, 32]")
+    fit(
+        MNIST,
+        tmp_path,
+        fake_mnist_root,
+        "--model.prediction_type",
+        "v_prediction",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--data.init_args.batch_size",
+        "2",
+        "--model.denoiser.init_args.block_out_channels",
+        "[32, 32]",
+    )
     (ckpt,) = (tmp_path / "mnist" / "version_0" / "checkpoints").glob("last.ckpt")
     folder = export(ckpt, tmp_path / "export")
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
@@ -202,7 +239,11 @@ def test_export_keeps_the_prediction_type(tmp_path, fake_mnist_root):
     assert scheduler.config.prediction_type == "v_prediction"
     assert json.loads((folder / "lightning_diffusion.json").read_text())["prediction_type"] == "v_prediction"
     g = torch.Generator().manual_seed(0)
-    x_t, v, t = 0.2 * torch.randn(1, 1, 32, 32, generator=g), 0.2 * torch.randn(1, 1, 32, 32, generator=g), 600  # |x0| < 1: unclipped
+    x_t, v, t = (
+        0.2 * torch.randn(1, 1, 32, 32, generator=g),
+        0.2 * torch.randn(1, 1, 32, 32, generator=g),
+        600,
+    )  # |x0| < 1: unclipped
     a = scheduler.alphas_cumprod[t]
     x0 = scheduler.step(v, t, x_t, generator=g).pred_original_sample
     assert torch.allclose(x0, a.sqrt() * x_t - (1 - a).sqrt() * v, atol=1e-6)

@@ -10,18 +10,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, cpu_overrides
 from diffusers import DDPMScheduler
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import REPO, cpu_overrides
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data import Toy2DDataModule
 from lightning_diffusion.denoisers import MLPDenoiser
 
 SMALL_2D = [
-    "--data.init_args.num_samples", "2048", "--data.init_args.num_val_samples", "256",
-    "--model.val_num_samples", "64", "--model.num_inference_steps", "10",
-    "--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1",
+    "--data.init_args.num_samples",
+    "2048",
+    "--data.init_args.num_val_samples",
+    "256",
+    "--model.val_num_samples",
+    "64",
+    "--model.num_inference_steps",
+    "10",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",
 ]
 
 
@@ -29,9 +38,21 @@ def run_subprocess(args, tmp_path, timeout=300):
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_diffusion", *args, "--output_dir", str(tmp_path / "outputs"),
-         "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "lightning_diffusion",
+            *args,
+            "--output_dir",
+            str(tmp_path / "outputs"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -62,24 +83,65 @@ def test_ddp_fit_predict_and_validate_in_one_launch_match_one_device(tmp_path):
     ckpt = out / "moons/version_0/checkpoints/last.ckpt"
     config = out / "moons/version_0/config.yaml"
     quiet = ["--trainer.enable_progress_bar", "false"]
-    predict = ["predict", "--config", str(config), "--ckpt_path", str(ckpt), "--model.sampler", "DDIMScheduler",
-               "--model.num_inference_steps", "10", "--data.init_args.predict_num_samples", "101",
-               "--data.init_args.batch_size", "16", *quiet]
+    predict = [
+        "predict",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--model.sampler",
+        "DDIMScheduler",
+        "--model.num_inference_steps",
+        "10",
+        "--data.init_args.predict_num_samples",
+        "101",
+        "--data.init_args.batch_size",
+        "16",
+        *quiet,
+    ]
     # 1024 generated samples against 1024 held-out ones, and the floor's 1024: 2 batches of 256 of each per rank
-    validate = ["validate", "--config", str(config), "--ckpt_path", str(ckpt), "--model.sampler", "DDIMScheduler",
-                "--model.num_inference_steps", "10", "--model.val_num_samples", "1024",
-                "--data.init_args.num_val_samples", "2048", "--trainer.limit_val_batches", "1.0", *quiet]
+    validate = [
+        "validate",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--model.sampler",
+        "DDIMScheduler",
+        "--model.num_inference_steps",
+        "10",
+        "--model.val_num_samples",
+        "1024",
+        "--data.init_args.num_val_samples",
+        "2048",
+        "--trainer.limit_val_batches",
+        "1.0",
+        *quiet,
+    ]
     commands = [
-        ["fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL_2D, *SHORT_FIT, *DDP, "--output_dir", str(out),
-         *quiet],
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/moons.yaml"),
+            *SMALL_2D,
+            *SHORT_FIT,
+            *DDP,
+            "--output_dir",
+            str(out),
+            *quiet,
+        ],
         [*predict, *DDP, "--output_dir", str(tmp_path / "ddp_predict")],
         [*validate, *DDP, "--output_dir", str(tmp_path / "ddp_validate")],
         # an odd val_num_samples: 511 samples a rank, and the record says 1022, the number used
         [*validate, *DDP, "--model.val_num_samples", "1023", "--output_dir", str(tmp_path / "ddp_validate_odd")],
     ]
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "cli_commands.py"), json.dumps(commands)], cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(REPO / "tests" / "cli_commands.py"), json.dumps(commands)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_one_set_of_artifacts(result.stderr + result.stdout, out / "moons")
@@ -120,8 +182,18 @@ def test_ddp_mnist_two_cpu_processes_one_set_of_artifacts(tmp_path, fake_mnist_r
 
 
 def test_bf16_mixed_on_cpu_trains(run_cli, tmp_path):
-    cli = run_cli("fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL_2D, "--trainer.max_epochs", "2",
-                  "--trainer.precision", "bf16-mixed", "--model.prediction_type", "epsilon")
+    cli = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        *SMALL_2D,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--model.prediction_type",
+        "epsilon",
+    )
     assert cli.trainer.precision == "bf16-mixed"
     loss = pd.read_csv(next((tmp_path / "outputs").rglob("metrics.csv")))["train/loss"].dropna().to_numpy()
     assert torch.isfinite(torch.tensor(loss)).all() and loss[-5:].mean() < 0.8 * loss[:5].mean()
@@ -130,8 +202,18 @@ def test_bf16_mixed_on_cpu_trains(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_checkpoint_loads_without_compile(run_cli, tmp_path):
-    cli = run_cli("fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL_2D, "--trainer.max_epochs", "1",
-                  "--trainer.limit_train_batches", "3", "--model.compile", "true")
+    cli = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        *SMALL_2D,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--model.compile",
+        "true",
+    )
     assert cli.model._train_denoiser is not cli.model.denoiser  # training went through torch.compile
     (ckpt,) = (tmp_path / "outputs").rglob("last.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
@@ -157,8 +239,14 @@ class _NaNAfter(torch.nn.Module):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     model = DiffusionModule(denoiser=_NaNAfter(steps=5), scheduler=DDPMScheduler(), data_mean=[0, 0], data_std=[1, 1])
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True)
-    trainer = L.Trainer(max_epochs=1, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
-                        limit_val_batches=0, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
     with pytest.raises(FloatingPointError, match=r"Non-finite loss at step 5 \(epoch 0\).*last\.ckpt"):
         trainer.fit(model, Toy2DDataModule(num_samples=2048, batch_size=64))
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)

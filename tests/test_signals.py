@@ -12,18 +12,27 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from lightning.pytorch.callbacks import Callback
 
 import lightning_diffusion.callbacks as callbacks
-from conftest import REPO
 from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.runs import newest_checkpoint
 
 STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
 SMALL = [
-    "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "512",  # 2 validation batches
-    "--model.val_num_samples", "64", "--model.num_inference_steps", "10", "--trainer.check_val_every_n_epoch", "1",
-    "--trainer.log_every_n_steps", "1",  # the ranks agree on a stop at logging steps: here after every batch
+    "--data.init_args.num_samples",
+    "1024",
+    "--data.init_args.num_val_samples",
+    "512",  # 2 validation batches
+    "--model.val_num_samples",
+    "64",
+    "--model.num_inference_steps",
+    "10",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",  # the ranks agree on a stop at logging steps: here after every batch
 ]
 
 
@@ -54,7 +63,9 @@ def assert_same_training_state(a, b):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)  # exactly, on one machine
     assert a["lr_schedulers"] == b["lr_schedulers"]
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+    for sa, sb in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=False
+    ):
         assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
@@ -65,16 +76,26 @@ def test_two_epochs_stopped_by_sigterm_plus_two_equal_four_straight(run_cli, tmp
     monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(epoch=1), raising=False)
     run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "straight")
     with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
-        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "resumed",
-                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
+        run_cli(
+            "fit",
+            "--config",
+            config,
+            *SMALL,
+            "--trainer.max_epochs",
+            "4",
+            "--experiment",
+            "resumed",
+            "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation",
+        )
     checkpoints = tmp_path / "outputs/resumed/version_0/checkpoints"
     interrupted = load(checkpoints / "interrupted.ckpt")
     assert interrupted["global_step"] == 2 * STEPS_PER_EPOCH  # the validation ran to its end, then the run stopped
     assert interrupted["global_step"] >= load(checkpoints / "last.ckpt")["global_step"]
     assert "SIGTERM: saved" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Lightning put back the handler of before the run
-    run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "resumed",
-            "--ckpt_path", "last")  # finds interrupted.ckpt
+    run_cli(
+        "fit", "--config", config, *SMALL, "--trainer.max_epochs", "4", "--experiment", "resumed", "--ckpt_path", "last"
+    )  # finds interrupted.ckpt
     assert f"Restoring states from the checkpoint path at {checkpoints / 'interrupted.ckpt'}" in caplog.text
     straight = load(tmp_path / "outputs/straight/version_0/checkpoints/last.ckpt")
     resumed = load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt")  # the continuation is a new run folder
@@ -95,8 +116,17 @@ def test_stop_inside_validation_keeps_training_and_ema_weights_in_place(run_cli,
     mid_epoch = [*SMALL, "--trainer.val_check_interval", "0.5"]  # validation after batches 2 and 4 of each epoch
     run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_steps", "6", "--experiment", "reference")
     with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
-        run_cli("fit", "--config", config, *mid_epoch, "--trainer.max_epochs", "3", "--experiment", "stopped",
-                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermBeforeStep6")
+        run_cli(
+            "fit",
+            "--config",
+            config,
+            *mid_epoch,
+            "--trainer.max_epochs",
+            "3",
+            "--experiment",
+            "stopped",
+            "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermBeforeStep6",
+        )
     reference = load(tmp_path / "outputs/reference/version_0/checkpoints/last.ckpt")
     stopped = load(tmp_path / "outputs/stopped/version_0/checkpoints/interrupted.ckpt")
     assert reference["global_step"] == stopped["global_step"] == 6
@@ -112,8 +142,15 @@ def test_sigterm_outside_fit_saves_nothing(run_cli, tmp_path, config, monkeypatc
     trained = sorted((tmp_path / "outputs").rglob("*.ckpt"))
     monkeypatch.setattr(callbacks, "SigtermAtValidation", sigterm_at_validation(), raising=False)
     with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
-        run_cli("validate", "--config", config, *SMALL, "--ckpt_path", str(trained[0]),
-                "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation")
+        run_cli(
+            "validate",
+            "--config",
+            config,
+            *SMALL,
+            "--ckpt_path",
+            str(trained[0]),
+            "--trainer.callbacks+=lightning_diffusion.callbacks.SigtermAtValidation",
+        )
     assert sorted((tmp_path / "outputs").rglob("*.ckpt")) == trained
 
 
@@ -127,8 +164,15 @@ def test_sigusr1_outside_slurm_stops_with_a_checkpoint(run_cli, tmp_path, config
 
     monkeypatch.setattr(callbacks, "Sigusr1AtStep2", Sigusr1AtStep2, raising=False)
     with pytest.raises(SystemExit, match="143"):  # 128 + SIGTERM, after the checkpoint
-        run_cli("fit", "--config", config, *SMALL, "--trainer.max_epochs", "3",
-                "--trainer.callbacks+=lightning_diffusion.callbacks.Sigusr1AtStep2")
+        run_cli(
+            "fit",
+            "--config",
+            config,
+            *SMALL,
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.callbacks+=lightning_diffusion.callbacks.Sigusr1AtStep2",
+        )
     assert load(tmp_path / "outputs/moons/version_0/checkpoints/interrupted.ckpt")["global_step"] == 3
     assert "SIGUSR1: saved" in caplog.text
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
@@ -145,14 +189,39 @@ def test_ddp_sigterm_on_one_rank_stops_both_with_a_checkpoint(tmp_path, config):
     """Two CPU ranks (gloo); the SIGTERM reaches rank 1 only. With Lightning's own handling rank 1 broadcasts from
     inside its signal handler and the job dies of a collective mismatch, without a checkpoint."""
     out = tmp_path / "outputs"
-    command = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", config, *SMALL,
-               "--data.init_args.batch_size", "32", "--trainer.max_epochs", "1000",
-               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-               "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_diffusion",
+        "fit",
+        "--config",
+        config,
+        *SMALL,
+        "--data.init_args.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "1000",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     log = tmp_path / "log.txt"
     with open(log, "w") as stream:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream,
-                                   stderr=subprocess.STDOUT, preexec_fn=as_foreground_job)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            preexec_fn=as_foreground_job,
+        )
     checkpoints = out / "moons" / "version_0" / "checkpoints"
     ranks = [process.pid]
     try:
@@ -247,7 +316,6 @@ main()
 """
 
 
-
 def as_foreground_job() -> None:
     """In the child before exec: SIGINT at its default, as a terminal's foreground job has it. A script that starts
     pytest in the background (`cmd &`) hands every child an ignored SIGINT, which the CLI rightly leaves ignored."""
@@ -257,17 +325,39 @@ def as_foreground_job() -> None:
 def send(signal_name, stage, batch, again=None):
     """The arguments that make a SENDER run send itself `signal_name` at batch `batch` of `stage` (train or predict),
     and, with `again`, once more `again` seconds later."""
-    args = ["--trainer.callbacks+=__main__.SendSignal", "--trainer.callbacks.signal_name", signal_name,
-            "--trainer.callbacks.stage", stage, "--trainer.callbacks.batch", str(batch)]
+    args = [
+        "--trainer.callbacks+=__main__.SendSignal",
+        "--trainer.callbacks.signal_name",
+        signal_name,
+        "--trainer.callbacks.stage",
+        stage,
+        "--trainer.callbacks.batch",
+        str(batch),
+    ]
     return args + (["--trainer.callbacks.again", str(again)] if again is not None else [])
 
 
 def run_sender(tmp_path, *args, timeout=120):
     """The CLI in a subprocess (SENDER), outputs under tmp_path/outputs; returns its exit code and stderr."""
-    command = [sys.executable, "-c", SENDER, *args, "--output_dir", str(tmp_path / "outputs"),
-               "--trainer.enable_progress_bar", "false"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""}, preexec_fn=as_foreground_job)
+    command = [
+        sys.executable,
+        "-c",
+        SENDER,
+        *args,
+        "--output_dir",
+        str(tmp_path / "outputs"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
+        preexec_fn=as_foreground_job,
+    )
     return result.returncode, result.stderr
 
 
@@ -283,8 +373,20 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.argv", ["lightning_diffusion"])
-        main(["fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL, "--trainer.max_steps", "2",
-              "--output_dir", str(root), "--trainer.enable_progress_bar", "false"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs/moons.yaml"),
+                *SMALL,
+                "--trainer.max_steps",
+                "2",
+                "--output_dir",
+                str(root),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
     return root / "moons/version_0/checkpoints/last.ckpt"
 
 
@@ -293,11 +395,30 @@ def test_ctrl_c_during_fit_stops_like_sigterm(tmp_path, config):
     every rank with interrupted.ckpt and exits 130 (128 + SIGINT). Lightning alone stops at once, without a
     checkpoint, and exits 1."""
     out, err = tmp_path / "outputs", tmp_path / "stderr.txt"
-    command = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", config, *SMALL,
-               "--trainer.max_epochs", "1000", "--output_dir", str(out), "--trainer.enable_progress_bar", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_diffusion",
+        "fit",
+        "--config",
+        config,
+        *SMALL,
+        "--trainer.max_epochs",
+        "1000",
+        "--output_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     with open(err, "w") as stream:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
-                                   stdout=subprocess.DEVNULL, stderr=stream, preexec_fn=as_foreground_job)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "LIGHTNING_DIFFUSION_DEBUG": ""},
+            stdout=subprocess.DEVNULL,
+            stderr=stream,
+            preexec_fn=as_foreground_job,
+        )
     checkpoints = out / "moons" / "version_0" / "checkpoints"
     try:
         deadline = time.monotonic() + 120
@@ -320,8 +441,17 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path, config):
     """The first Ctrl-C waits for the next point where the ranks agree (here after a batch that would last a
     minute); a second one while it waits aborts at once: exit 130, one line, no traceback, no checkpoint."""
     started = time.monotonic()
-    code, stderr = run_sender(tmp_path, "fit", "--config", config, *SMALL, "--trainer.max_epochs", "1000",
-                              *send("SIGINT", "train", 2, again=0.2), timeout=55)
+    code, stderr = run_sender(
+        tmp_path,
+        "fit",
+        "--config",
+        config,
+        *SMALL,
+        "--trainer.max_epochs",
+        "1000",
+        *send("SIGINT", "train", 2, again=0.2),
+        timeout=55,
+    )
     assert code == 130, stderr[-3000:]
     assert time.monotonic() - started < 50  # the batch's minute did not run out
     lines = error_lines(stderr)
@@ -335,9 +465,19 @@ def test_a_stop_signal_ends_predict_with_nothing_written(tmp_path, config, train
     """A stop signal during predict ends it after that batch with 128 + the signal: no samples.npz, no grid, no
     partial file (the run folder, which held only its config, is removed). Lightning alone ignores SIGTERM during
     predict and writes its samples; Ctrl-C exits 1."""
-    exit_code, stderr = run_sender(tmp_path, "predict", "--config", config, "--ckpt_path", str(trained),
-                                   "--data.init_args.predict_num_samples", "1024", "--model.num_inference_steps", "10",
-                                   *send(signal_name, "predict", 1))  # the second of 4 batches
+    exit_code, stderr = run_sender(
+        tmp_path,
+        "predict",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(trained),
+        "--data.init_args.predict_num_samples",
+        "1024",
+        "--model.num_inference_steps",
+        "10",
+        *send(signal_name, "predict", 1),
+    )  # the second of 4 batches
     assert exit_code == code, stderr[-3000:]
     assert "Traceback" not in stderr and error_lines(stderr) == [], stderr[-3000:]
     assert f"{signal_name}: predict stopped after batch 2 of 4" in stderr

@@ -5,7 +5,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 PACKAGE = REPO / "lightning_diffusion"
@@ -20,8 +19,10 @@ FRAGMENT_BASES = {
     "metrics/inception.yaml": "celeb_cond.yaml",
     "metrics/mnist_classifier.yaml": "mnist_cond.yaml",
     "trainer/ddp.yaml": "mnist_cond.yaml",
-    **{f"experiments/exp_002/{name}.yaml": "moons.yaml" for name in
-       ("eps_min_snr", "eps_uniform", "v_min_snr", "v_uniform", "x0_min_snr", "x0_uniform")},
+    **{
+        f"experiments/exp_002/{name}.yaml": "moons.yaml"
+        for name in ("eps_min_snr", "eps_uniform", "v_min_snr", "v_uniform", "x0_min_snr", "x0_uniform")
+    },
     "experiments/exp_003/moons_vp.yaml": "moons.yaml",
     "experiments/exp_003/moons_edm.yaml": "moons_edm.yaml",
     "experiments/exp_003/moons_flow.yaml": "moons_flow.yaml",
@@ -56,6 +57,41 @@ def import_graph() -> dict[str, set[str]]:
     return {name: {m for m in imports_of(path) if m in files and m != name} for name, path in files.items()}
 
 
+# The layers of ARCHITECTURE.md: what each package (or top-level module) may import besides the base modules
+BASE = {"checkpoints", "errors", "lightning_private", "loggers", "optim", "plotting", "runs"}
+ALLOWED = {
+    "__init__": {"model", "metrics"},
+    "__main__": {"cli", "tools"},
+    "cli": {"callbacks", "data", "model"},
+    "tools": {"cli", "data", "formulations", "metrics", "model"},
+    "callbacks": {"formulations"},
+    "model": {"formulations", "metrics"},
+    "metrics": set(),
+    "data": set(),
+    "denoisers": set(),
+    "formulations": set(),
+    **{name: BASE for name in BASE},
+}
+
+
+def part(module: str) -> str:
+    """The package or top-level module of lightning_diffusion that `module` belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_package_imports_only_its_lower_layers():
+    graph = import_graph()
+    assert {part(name) for name in graph} == set(ALLOWED), "a package or top-level module is not in ALLOWED"
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if part(target) != part(name) and part(target) not in ALLOWED[part(name)] | BASE
+    )
+    assert not wrong, wrong
+
+
 def test_the_package_has_no_import_cycle():
     graph, state, cycles = import_graph(), {}, []
 
@@ -63,7 +99,7 @@ def test_the_package_has_no_import_cycle():
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = "done"
@@ -76,18 +112,20 @@ def test_the_package_has_no_import_cycle():
     assert not cycles, f"import cycles: {cycles}"
 
 
-def test_only_the_cli_imports_the_callbacks():
-    outside = {name: sorted(m for m in targets if m.startswith("lightning_diffusion.callbacks"))
-               for name, targets in import_graph().items() if not name.startswith("lightning_diffusion.callbacks")}
-    assert {name for name, targets in outside.items() if targets} == {"lightning_diffusion.cli"}
-
-
 def test_the_math_and_the_plots_are_pure():
-    for name in ("diffusion", "metrics", "plotting"):
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    for path in ("formulations/ddpm.py", "metrics/distances.py", "plotting.py"):
+        tree = ast.parse((PACKAGE / path).read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert not {m for m in imported if m.startswith(("lightning", "lightning_diffusion"))}, (name, imported)
+        assert not {m for m in imported if m.startswith(("lightning", "lightning_diffusion"))}, (path, imported)
+
+
+@pytest.mark.xfail(strict=True, reason="model/module.py and cli.py are still over 300 lines")
+def test_the_top_level_holds_few_modules_and_no_file_is_long():
+    top = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(top) <= 8, top
+    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
 
 
 def test_no_import_inside_a_function_but_optional_heavy_dependencies():
@@ -98,15 +136,23 @@ def test_no_import_inside_a_function_but_optional_heavy_dependencies():
                 for node in ast.walk(function):
                     if isinstance(node, (ast.Import, ast.ImportFrom)):
                         names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                        assert set(names) <= allowed, f"{path.name}:{node.lineno} imports {names} inside {function.name}"
+                        assert set(names) <= allowed, (
+                            f"{path.name}:{node.lineno} imports {names} inside {function.name}"
+                        )
 
 
 @pytest.mark.parametrize("fragment", sorted(FRAGMENT_BASES), ids=str)
 def test_every_fragment_parses_over_its_base(run_cli, capsys, fragment):
     configs = REPO / "configs"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "--config", str(configs / FRAGMENT_BASES[fragment]), "--config", str(configs / fragment),
-                "--print_config")
+        run_cli(
+            "fit",
+            "--config",
+            str(configs / FRAGMENT_BASES[fragment]),
+            "--config",
+            str(configs / fragment),
+            "--print_config",
+        )
     assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
 
 
@@ -141,6 +187,14 @@ def test_every_composed_experiment_runs_fast_dev_run(run_cli, fragment, fake_mni
 
     configs = REPO / "configs"
     base = configs / FRAGMENT_BASES[fragment]
-    cli = run_cli("fit", "--config", str(base), "--config", str(configs / fragment), "--trainer.fast_dev_run", "true",
-                  *cpu_overrides(base, fake_mnist_root))
+    cli = run_cli(
+        "fit",
+        "--config",
+        str(base),
+        "--config",
+        str(configs / fragment),
+        "--trainer.fast_dev_run",
+        "true",
+        *cpu_overrides(base, fake_mnist_root),
+    )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1

@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import REPO
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-
-from conftest import REPO
 
 
 class _RecordingWriter:
@@ -26,7 +25,7 @@ class _RecordingTensorBoard(TensorBoardLogger):
 
 
 def test_log_png_sends_the_png_to_tensorboard_as_an_image(tmp_path):
-    from lightning_diffusion.callbacks.common import log_png
+    from lightning_diffusion.callbacks.artifacts import log_png
 
     pixels = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "plot.png")
@@ -45,11 +44,26 @@ def test_fit_with_a_tensorboard_logger_writes_the_plots_to_its_event_file(run_cl
 
     # its save_dir is required by the parser; the CLI replaces it by the run folder's <output_dir>/<experiment>
     cli = run_cli(
-        "fit", "--config", str(REPO / "configs/moons.yaml"),
-        "--trainer.logger+=lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "replaced",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
-        "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "256",
-        "--model.val_num_samples", "64", "--model.num_inference_steps", "10",
+        "fit",
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        "--trainer.logger+=lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        "replaced",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--data.init_args.num_samples",
+        "1024",
+        "--data.init_args.num_val_samples",
+        "256",
+        "--model.val_num_samples",
+        "64",
+        "--model.num_inference_steps",
+        "10",
     )
     tensorboard = cli.trainer.loggers[1]
     assert isinstance(tensorboard, TensorBoardLogger)

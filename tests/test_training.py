@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
+from quality import moons_failures, swd_failure
+
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data import Toy2DDataModule
-from lightning_diffusion.metrics import sliced_wasserstein
-from quality import moons_failures, swd_failure
+from lightning_diffusion.metrics.distances import sliced_wasserstein
 
 
 def test_run_folder_holds_config_checkpoints_plots_metrics(trained_moons):
@@ -54,11 +54,25 @@ def test_predict_writes_samples_with_the_sampler_of_the_command_line(trained_moo
     from lightning_diffusion.cli import main
 
     run = trained_moons.run
-    cli = main([
-        "predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(trained_moons.last),
-        "--model.sampler", "DDIMScheduler", "--model.num_inference_steps", "25",
-        "--data.init_args.predict_num_samples", "1000", "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    ])
+    cli = main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(trained_moons.last),
+            "--model.sampler",
+            "DDIMScheduler",
+            "--model.num_inference_steps",
+            "25",
+            "--data.init_args.predict_num_samples",
+            "1000",
+            "--output_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert cli.model.hparams.sampler == "DDIMScheduler" and cli.model.hparams.num_inference_steps == 25
     files = list(tmp_path.rglob("samples.npz"))
     assert len(files) == 1
@@ -75,8 +89,19 @@ def test_sampler_benchmark_small_mode(trained_moons, tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     notes = tmp_path / "benchmarks.md"
-    report = bench.main(["--ckpt", str(trained_moons.last), "--num_samples", "200",
-                         "--samplers", "DDIMScheduler:5", "UniPCMultistepScheduler:5", "--notes", str(notes)])
+    report = bench.main(
+        [
+            "--ckpt",
+            str(trained_moons.last),
+            "--num_samples",
+            "200",
+            "--samplers",
+            "DDIMScheduler:5",
+            "UniPCMultistepScheduler:5",
+            "--notes",
+            str(notes),
+        ]
+    )
     assert "| DDIMScheduler | 5 |" in report and "| UniPCMultistepScheduler | 5 |" in report
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     assert "SWD / DDIMScheduler 5's" in rows[0][4] and rows[3][4] == "1.00"  # the first sampler is the yardstick
@@ -89,11 +114,23 @@ def test_validate_on_a_checkpoint_writes_metrics_json(trained_moons, tmp_path):
     from lightning_diffusion.cli import main
 
     run = trained_moons.run
-    main([
-        "validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(trained_moons.last),
-        "--model.sampler", "DDPMScheduler", "--model.num_inference_steps", "100",
-        "--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    ])
+    main(
+        [
+            "validate",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(trained_moons.last),
+            "--model.sampler",
+            "DDPMScheduler",
+            "--model.num_inference_steps",
+            "100",
+            "--output_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     (path,) = tmp_path.rglob("metrics_validate.json")
     record = json.loads(path.read_text())
     assert record["sampler"] == "DDPMScheduler" and record["num_inference_steps"] == 100
@@ -117,11 +154,22 @@ def test_the_module_not_the_checkpoint_decides_the_optimizer_implementation(tmp_
 
     def fit(fused, max_epochs, ckpt_path=None):
         L.seed_everything(0)
-        model = DiffusionModule(MLPDenoiser(hidden_dim=16, num_blocks=1), DDPMScheduler(), sample_shape=(2,),
-                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=fused),
-                                num_inference_steps=2, val_num_samples=16)
-        trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0, default_root_dir=tmp_path)
+        model = DiffusionModule(
+            MLPDenoiser(hidden_dim=16, num_blocks=1),
+            DDPMScheduler(),
+            sample_shape=(2,),
+            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=fused),
+            num_inference_steps=2,
+            val_num_samples=16,
+        )
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(model, Toy2DDataModule(num_samples=256, num_val_samples=64, batch_size=64), ckpt_path=ckpt_path)
         return trainer
 
@@ -131,10 +179,17 @@ def test_the_module_not_the_checkpoint_decides_the_optimizer_implementation(tmp_
     assert optimizer.param_groups[0]["fused"] is True and optimizer._step_supports_amp_scaling
 
 
-@pytest.mark.parametrize("precision, clip, fused, refused", [
-    ("bf16-mixed", 1.0, True, True), ("bf16-mixed", 1.0, False, False), ("bf16-mixed", None, True, False),
-    ("32-true", 1.0, True, False), ("bf16-true", 1.0, True, False), ("bf16-mixed", -1.0, True, False),
-])
+@pytest.mark.parametrize(
+    "precision, clip, fused, refused",
+    [
+        ("bf16-mixed", 1.0, True, True),
+        ("bf16-mixed", 1.0, False, False),
+        ("bf16-mixed", None, True, False),
+        ("32-true", 1.0, True, False),
+        ("bf16-true", 1.0, True, False),
+        ("bf16-mixed", -1.0, True, False),
+    ],
+)
 def test_clipping_a_fused_optimizer_is_refused_exactly_where_lightning_would_fail(precision, clip, fused, refused):
     """Lightning refuses at the first step where it clips (gradient_clip_val > 0) in mixed precision an optimizer
     that unscales its gradients itself; we say so before training, there and nowhere else."""

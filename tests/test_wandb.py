@@ -1,8 +1,8 @@
 """W&B without a server: offline, no prompt, the resolved config and the images in the run."""
 
 import pytest
-
 from conftest import REPO
+
 from lightning_diffusion.loggers import wandb_credentials
 
 
@@ -27,10 +27,23 @@ def test_credentials_detection(no_credentials, monkeypatch, tmp_path):
 
 def test_offline_run_holds_the_config_and_the_images(no_credentials, run_cli, tmp_path, caplog):
     cli = run_cli(
-        "fit", "--config", str(REPO / "configs/moons.yaml"), "--config", str(REPO / "configs/logger/wandb.yaml"),
-        "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-        "--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "256",
-        "--model.val_num_samples", "64", "--model.num_inference_steps", "10",
+        "fit",
+        "--config",
+        str(REPO / "configs/moons.yaml"),
+        "--config",
+        str(REPO / "configs/logger/wandb.yaml"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--data.init_args.num_samples",
+        "1024",
+        "--data.init_args.num_val_samples",
+        "256",
+        "--model.val_num_samples",
+        "64",
+        "--model.num_inference_steps",
+        "10",
     )
     import wandb
 
@@ -65,4 +78,6 @@ def test_sweep_command_drives_the_real_cli(run_cli, capsys):
         run_cli(*args, *overrides, "--print_config")
     config = _yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.004
-    assert config["model"]["init_args"]["prediction_type"] == "v_prediction" and config["experiment"] == "moons_lr_sweep"
+    assert (
+        config["model"]["init_args"]["prediction_type"] == "v_prediction" and config["experiment"] == "moons_lr_sweep"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -42,18 +42,20 @@ class EMA(WeightAveraging):
         self,
         decay: float = 0.999,
         update_every_n_steps: int = 1,
-        update_starting_at_step: Optional[int] = None,
-        device: Optional[str] = None,
+        update_starting_at_step: int | None = None,
+        device: str | None = None,
     ) -> None:
         super().__init__(device=device, use_buffers=True)
         if not 0.0 <= decay < 1.0 or update_every_n_steps < 1:
-            raise ValueError(f"EMA needs 0 <= decay < 1 and update_every_n_steps >= 1, got {decay} and {update_every_n_steps}.")
+            raise ValueError(
+                f"EMA needs 0 <= decay < 1 and update_every_n_steps >= 1, got {decay} and {update_every_n_steps}."
+            )
         self.decay, self.update_every_n_steps = decay, update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
         self.num_updates = 0  # on the host: the decay never reads the device
         self._swapped = False
         self._said_not_yet = False
-        self._pairs: Optional[tuple] = None  # (key, averaged, current, other pairs, elsewhere): see _tensors
+        self._pairs: tuple | None = None  # (key, averaged, current, other pairs, elsewhere): see _tensors
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -62,7 +64,7 @@ class EMA(WeightAveraging):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pairs = None  # listed again once the model is on its device and restored
 
-    def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         if step_idx is None:
             return False
         started = self.update_starting_at_step is None or step_idx >= self.update_starting_at_step
@@ -80,7 +82,7 @@ class EMA(WeightAveraging):
         model = averaged_model(self)
         averaged, current, others, elsewhere = self._tensors(model, pl_module)
         if elsewhere:  # the average lives on another device (EMA(device="cpu")): copies queued, no sync
-            current = [c.to(a.device, non_blocking=True) for a, c in zip(averaged, current)]
+            current = [c.to(a.device, non_blocking=True) for a, c in zip(averaged, current, strict=False)]
         if self.num_updates == 0:
             torch._foreach_copy_(averaged, current)
         else:
@@ -97,8 +99,13 @@ class EMA(WeightAveraging):
         identity when the model moves or loads a checkpoint (their data is replaced or copied into)."""
         key = (id(model), id(pl_module))
         if self._pairs is None or self._pairs[0] != key:
-            pairs = list(zip([*model.module.parameters(), *model.module.buffers()],
-                             [*pl_module.parameters(), *pl_module.buffers()]))
+            pairs = list(
+                zip(
+                    [*model.module.parameters(), *model.module.buffers()],
+                    [*pl_module.parameters(), *pl_module.buffers()],
+                    strict=False,
+                )
+            )
             floats = [(a, c) for a, c in pairs if a.is_floating_point()]
             others = [(a, c) for a, c in pairs if not a.is_floating_point()]
             elsewhere = any(a.device != c.device for a, c in pairs)
@@ -121,8 +128,10 @@ class EMA(WeightAveraging):
         if not self.num_updates:
             if not self._said_not_yet and not trainer.sanity_checking:  # the sanity check comes before any step
                 first = self.update_starting_at_step or 0
-                rank_zero_info(f"EMA: no update yet (the first comes after step {first}): validation uses the "
-                               "training weights until then.")
+                rank_zero_info(
+                    f"EMA: no update yet (the first comes after step {first}): validation uses the "
+                    "training weights until then."
+                )
                 self._said_not_yet = True
             return
         self.swap(pl_module)
@@ -140,7 +149,7 @@ class EMA(WeightAveraging):
         model = averaged_model(self)
         averaged = [*model.module.parameters(), *model.module.buffers()]
         current = [*pl_module.parameters(), *pl_module.buffers()]
-        for a, c in zip(averaged, current):  # copies queued on the device: no sync
+        for a, c in zip(averaged, current, strict=False):  # copies queued on the device: no sync
             held = a.detach().clone()
             a.detach().copy_(c.detach())
             c.detach().copy_(held)

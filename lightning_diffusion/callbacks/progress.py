@@ -26,12 +26,16 @@ class LossProgressBar(TQDMProgressBar):
         min_interval: Seconds between two redraws of the training bar (0: after every `refresh_rate` batches).
     """
 
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False, min_interval: float = 0.1) -> None:
+    def __init__(
+        self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False, min_interval: float = 0.1
+    ) -> None:
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.min_interval = min_interval
         self._drawn_at = float("-inf")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         if now - self._drawn_at < self.min_interval and batch_idx + 1 < self.total_train_batches:
             return  # the next redraw shows this batch too: the bar's position is the batch index

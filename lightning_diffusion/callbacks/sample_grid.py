@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_diffusion.callbacks.common import log_figure, log_grid, should_run
+from lightning_diffusion.callbacks.artifacts import log_figure, log_grid, should_run
 from lightning_diffusion.plotting import evenly_spaced, image_grid, progression_figure
 
 
@@ -41,9 +39,9 @@ class SampleGrid(Callback):
     ) -> None:
         self.every_n_epochs, self.samples_per_row, self.num_rows = every_n_epochs, samples_per_row, num_rows
         self.progression_steps, self.progression_images, self.seed = progression_steps, progression_images, seed
-        self._noise: Optional[Tensor] = None
+        self._noise: Tensor | None = None
 
-    def grid_labels(self, num_classes: Optional[int]) -> Optional[Tensor]:
+    def grid_labels(self, num_classes: int | None) -> Tensor | None:
         """Row k holds class k: labels (K * samples_per_row,), or None for an unconditional model."""
         if not num_classes:
             return None
@@ -68,7 +66,10 @@ class SampleGrid(Callback):
                 frames.append((float(t), pl_module.to_data_space(x_t[:k]), pl_module.to_data_space(x0_pred[:k])))
 
         samples = pl_module.sample(
-            num_samples, class_labels=labels, noise=self._noise, callback=capture,
+            num_samples,
+            class_labels=labels,
+            noise=self._noise,
+            callback=capture,
             generator=torch.Generator().manual_seed(self.seed),
         )
         epoch = trainer.current_epoch

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_diffusion.callbacks.common import log_figure, real_points, should_run
+from lightning_diffusion.callbacks.artifacts import log_figure, real_points, should_run
 from lightning_diffusion.plotting import scatter_figure
 
 
@@ -55,7 +55,9 @@ class SamplePlot(Callback):
         real = real_points(trainer, self.num_samples).to(pl_module.device)
         self._draw(trainer, pl_module, real, pl_module.to_data_space(samples[: len(real)]))
 
-    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, real: torch.Tensor, generated: torch.Tensor) -> None:
+    def _draw(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, real: torch.Tensor, generated: torch.Tensor
+    ) -> None:
         sampler = f"{pl_module.sampler_name}, {pl_module.num_inference_steps} steps"
         fig = scatter_figure(pl_module.to_data_space(real), generated, f"epoch {trainer.current_epoch} ({sampler})")
         log_figure(trainer, "plots/samples", fig, f"samples_epoch={trainer.current_epoch:04d}.png")

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_diffusion.callbacks.artifacts import log_figure, real_points, should_run
 from lightning_diffusion.formulations import Formulation
-from lightning_diffusion.callbacks.common import log_figure, real_points, should_run
 from lightning_diffusion.plotting import trajectory_figure
 
 
-def forward_frames(formulation: Formulation, x0: Tensor, eps: Tensor, progress: list[float]) -> list[tuple[float, Tensor]]:
+def forward_frames(
+    formulation: Formulation, x0: Tensor, eps: Tensor, progress: list[float]
+) -> list[tuple[float, Tensor]]:
     """The forward process at each point of `progress` (0: data, 1: noise), all with the same noise eps (one noising
     path per point)."""
     return [(1000 * u, formulation.display(formulation.noised(x0, eps, u), u)) for u in progress]
@@ -67,11 +67,16 @@ class TrajectoryPlot(Callback):
     """
 
     def __init__(
-        self, every_n_epochs: int = 1, num_points: int = 1000, timestep_stride: int = 100, tracked_index: int = 0, seed: int = 0
+        self,
+        every_n_epochs: int = 1,
+        num_points: int = 1000,
+        timestep_stride: int = 100,
+        tracked_index: int = 0,
+        seed: int = 0,
     ) -> None:
         self.every_n_epochs, self.num_points, self.timestep_stride = every_n_epochs, num_points, timestep_stride
         self.tracked_index, self.seed = tracked_index, seed
-        self._observed: Optional[tuple[ReverseFrames, list[tuple[float, Tensor]]]] = None  # (frames, forward row)
+        self._observed: tuple[ReverseFrames, list[tuple[float, Tensor]]] | None = None  # (frames, forward row)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # callbacks run before the module's on_validation_epoch_end, which generates the metrics' samples

@@ -5,4 +5,13 @@ from lightning_diffusion.data.celeb import CelebFacesDataModule
 from lightning_diffusion.data.torchvision_sets import MNISTDataModule, TorchvisionDataModule
 from lightning_diffusion.data.toy2d import Toy2DDataModule, make_toy2d
 
-__all__ = ["CelebFacesDataModule", "DiffusionDataModule", "ImageDataModule", "MNISTDataModule", "SampleRequests", "Toy2DDataModule", "TorchvisionDataModule", "make_toy2d"]
+__all__ = [
+    "CelebFacesDataModule",
+    "DiffusionDataModule",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "SampleRequests",
+    "Toy2DDataModule",
+    "TorchvisionDataModule",
+    "make_toy2d",
+]

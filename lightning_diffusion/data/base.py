@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 
-def _own_rng(shuffle: bool) -> Optional[torch.Generator]:
+def _own_rng(shuffle: bool) -> torch.Generator | None:
     """Evaluation loaders get a generator of their own: creating a DataLoader iterator otherwise draws a seed from
     the global generator, so validating would shift the training's random stream (and exact resume would break).
     The training loader keeps the global one, whose state the checkpoints carry (callbacks.ExactResume)."""
@@ -22,7 +20,7 @@ class SampleRequests(Dataset):
     The index seeds the sample's noise, so that sample i is the same whatever the batch size or the number of
     devices, and lets the writer put the samples of all ranks back in order."""
 
-    def __init__(self, num_samples: int, class_labels: Optional[list[int]] = None) -> None:
+    def __init__(self, num_samples: int, class_labels: list[int] | None = None) -> None:
         self.num_samples = num_samples
         self.class_labels = class_labels
 
@@ -53,12 +51,14 @@ class DiffusionDataModule(L.LightningDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         predict_num_samples: int = 1000,
-        predict_class_labels: Optional[list[int]] = None,
+        predict_class_labels: list[int] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or predict_num_samples < 0:
-            raise ValueError(f"batch_size ({batch_size}) must be positive, num_workers ({num_workers}) and "
-                             f"predict_num_samples ({predict_num_samples}) not negative: set them in the data's init_args.")
+            raise ValueError(
+                f"batch_size ({batch_size}) must be positive, num_workers ({num_workers}) and "
+                f"predict_num_samples ({predict_num_samples}) not negative: set them in the data's init_args."
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.predict_num_samples = predict_num_samples
@@ -70,12 +70,12 @@ class DiffusionDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     @property
-    def num_classes(self) -> Optional[int]:
+    def num_classes(self) -> int | None:
         """How many classes a conditional model sees (None: unconditional): one per class name."""
         return len(self.class_names) if self.class_names else None
 
     @property
-    def class_names(self) -> Optional[list[str]]:
+    def class_names(self) -> list[str] | None:
         """Names of the classes (index k is class k), for plots, logs and exports."""
         return None
 
@@ -93,12 +93,12 @@ class DiffusionDataModule(L.LightningDataModule):
         if labels is None and self.num_classes:
             labels = list(range(self.num_classes))
         if labels and not self.num_classes:
-            raise ValueError(f"predict_class_labels {labels} were given, but the data has no classes (an "
-                             "unconditional model): drop them, or use labelled data (labels: true).")
-        if labels and self.num_classes and not all(0 <= c < self.num_classes for c in labels):
             raise ValueError(
-                f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset."
+                f"predict_class_labels {labels} were given, but the data has no classes (an "
+                "unconditional model): drop them, or use labelled data (labels: true)."
             )
+        if labels and self.num_classes and not all(0 <= c < self.num_classes for c in labels):
+            raise ValueError(f"predict_class_labels {labels} must lie in [0, {self.num_classes - 1}] for this dataset.")
         return DataLoader(
             SampleRequests(self.predict_num_samples, labels), batch_size=self.batch_size, generator=_own_rng(False)
         )
@@ -124,7 +124,7 @@ class ImageDataModule(DiffusionDataModule):
         pin_memory: bool,
         persistent_workers: bool,
         predict_num_samples: int,
-        predict_class_labels: Optional[list[int]],
+        predict_class_labels: list[int] | None,
         random_flip: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)

@@ -7,7 +7,7 @@ import hashlib
 import io
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ def _source_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(folder), "**", "*.parquet"), recursive=True))
 
 
-def _files_digest(folder: str) -> Optional[str]:
+def _files_digest(folder: str) -> str | None:
     """What the decoded cache is keyed by beside the path: the source files' names, sizes and modification times
     (None when there are none to read), so that files replaced at the same path are decoded anew."""
     files = _source_files(folder)
@@ -104,15 +104,21 @@ class CelebFacesDataModule(ImageDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         predict_num_samples: int = 64,
-        predict_class_labels: Optional[list[int]] = None,
+        predict_class_labels: list[int] | None = None,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+            predict_num_samples,
+            predict_class_labels,
             random_flip,
         )
         if image_size < 1 or num_val_samples < 0:
-            raise ValueError(f"image_size ({image_size}) must be positive and num_val_samples ({num_val_samples}) "
-                             "not negative.")
+            raise ValueError(
+                f"image_size ({image_size}) must be positive and num_val_samples ({num_val_samples}) not negative."
+            )
         self.dataset, self.root, self.image_size, self.labels = dataset, root, image_size, labels
         self.num_val_samples, self.seed = num_val_samples, seed
         # A local path (it exists, or is spelled like one) or else a Hub id; the cache is named after it and, for a
@@ -136,11 +142,11 @@ class CelebFacesDataModule(ImageDataModule):
         return (3, self.image_size, self.image_size)
 
     @property
-    def num_classes(self) -> Optional[int]:
+    def num_classes(self) -> int | None:
         return 2 if self.labels else None
 
     @property
-    def class_names(self) -> Optional[list[str]]:
+    def class_names(self) -> list[str] | None:
         return ["female", "male"] if self.labels else None
 
     @property
@@ -180,7 +186,9 @@ class CelebFacesDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if os.path.isfile(self.cache_path):
-            rank_zero_info(f"CelebFaces: using the decoded cache {self.cache_path} (delete it to decode {self.dataset} again)")
+            rank_zero_info(
+                f"CelebFaces: using the decoded cache {self.cache_path} (delete it to decode {self.dataset} again)"
+            )
             return
         import datasets
 
@@ -206,7 +214,7 @@ class CelebFacesDataModule(ImageDataModule):
         labels = np.empty(len(kept), dtype=np.int64)
         count, first_failure = 0, None
         for batch in rows.iter(batch_size=256):
-            for data, gender in zip(batch["image"], batch["gender"]):
+            for data, gender in zip(batch["image"], batch["gender"], strict=False):
                 try:
                     images[count] = _square(data, self.image_size)
                 except Exception as error:  # noqa: BLE001 - PIL raises many kinds on corrupt or unsupported files
@@ -225,10 +233,12 @@ class CelebFacesDataModule(ImageDataModule):
         with open(temporary, "wb") as file:  # a file object: np.savez would append .npz to a name
             np.savez(file, images=images[:count], labels=labels[:count])
         os.replace(temporary, self.cache_path)  # atomic: an interrupted run leaves no half-written cache
-        rank_zero_info(f"CelebFaces: kept {count} of {len(genders)} rows (genders 1 and 2), skipped "
-                       f"{len(kept) - count} undecodable images; cached in {self.cache_path}")
+        rank_zero_info(
+            f"CelebFaces: kept {count} of {len(genders)} rows (genders 1 and 2), skipped "
+            f"{len(kept) - count} undecodable images; cached in {self.cache_path}"
+        )
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         if not os.path.isfile(self.cache_path):
@@ -236,8 +246,10 @@ class CelebFacesDataModule(ImageDataModule):
         with np.load(self.cache_path) as cache:
             images, labels = torch.from_numpy(cache["images"]), torch.from_numpy(cache["labels"])
         if not self.num_val_samples < len(images):
-            raise ValueError(f"num_val_samples ({self.num_val_samples}) must be below the {len(images)} faces kept "
-                             f"from {self.dataset}.")
+            raise ValueError(
+                f"num_val_samples ({self.num_val_samples}) must be below the {len(images)} faces kept "
+                f"from {self.dataset}."
+            )
         # A fixed permutation of the kept faces: its first num_val_samples validate.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
         self.splits = {

@@ -7,7 +7,8 @@ import os
 import pickle
 import shutil
 import zlib
-from typing import Any, Callable, Literal, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ class _TorchvisionSource(NamedTuple):
 
 
 _SOURCES = {
-    "mnist": _TorchvisionSource(datasets.MNIST, "MNIST", os.path.join("MNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)),
+    "mnist": _TorchvisionSource(
+        datasets.MNIST, "MNIST", os.path.join("MNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)
+    ),
     "fashion_mnist": _TorchvisionSource(
         datasets.FashionMNIST, "Fashion-MNIST", os.path.join("FashionMNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)
     ),
@@ -75,7 +78,16 @@ _SOURCES = {
 _CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "fashion_mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
@@ -135,10 +147,15 @@ class TorchvisionDataModule(ImageDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         predict_num_samples: int = 64,
-        predict_class_labels: Optional[list[int]] = None,
+        predict_class_labels: list[int] | None = None,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, predict_num_samples, predict_class_labels,
+            batch_size,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+            predict_num_samples,
+            predict_class_labels,
             random_flip,
         )
         if dataset not in _SOURCES:
@@ -156,7 +173,7 @@ class TorchvisionDataModule(ImageDataModule):
         return (channels, 32, 32) if self.pad_to_32 else (channels, height, width)
 
     @property
-    def class_names(self) -> Optional[list[str]]:
+    def class_names(self) -> list[str] | None:
         return _CLASS_NAMES[self.dataset] if self.labels else None
 
     @property
@@ -171,29 +188,38 @@ class TorchvisionDataModule(ImageDataModule):
         return [f for f in self.source.files if not os.path.isfile(os.path.join(self.folder, f))]
 
     def _fix(self) -> str:
-        return f"put the original {self.source.name} files in {self.folder} (or delete them there and set download: true)"
+        return (
+            f"put the original {self.source.name} files in {self.folder} (or delete them there and set download: true)"
+        )
 
     def _check_idx_files(self) -> None:
         """MNIST and Fashion-MNIST: each IDX file whole, as many labels as images of 28x28, one sentence otherwise
         (torchvision would fail on a bare assert or read garbage)."""
         for split in ("train", "t10k"):
-            images, labels = (os.path.join(self.folder, f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+            images, labels = (
+                os.path.join(self.folder, f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+            )
             try:
                 count, height, width = _idx_dims(images, 3)
                 (num_labels,) = _idx_dims(labels, 1)
             except ValueError as error:
                 raise ValueError(f"{error}: {self._fix()}.") from error
             if (height, width) != self.source.shape[1:]:
-                raise ValueError(f"{images} holds {height}x{width} images, expected {self.source.shape[1]}x"
-                                 f"{self.source.shape[2]}: {self._fix()}.")
+                raise ValueError(
+                    f"{images} holds {height}x{width} images, expected {self.source.shape[1]}x"
+                    f"{self.source.shape[2]}: {self._fix()}."
+                )
             if num_labels != count:
-                raise ValueError(f"{labels} holds {num_labels} labels but {images} holds {count} images: {self._fix()}.")
+                raise ValueError(
+                    f"{labels} holds {num_labels} labels but {images} holds {count} images: {self._fix()}."
+                )
 
     def _check_labels(self, dataset: Any, split: str) -> None:
         """Labels are classes 0 to 9, as many as images; one sentence naming the split's files otherwise."""
         targets = torch.as_tensor(dataset.targets)
         files = {
-            ("cifar10", True): "data_batch_1 to data_batch_5", ("cifar10", False): "test_batch",
+            ("cifar10", True): "data_batch_1 to data_batch_5",
+            ("cifar10", False): "test_batch",
         }.get((self.dataset, split == "train"), f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte")
         where = f"{files} in {self.folder}"
         classes = len(_CLASS_NAMES[self.dataset])
@@ -210,7 +236,7 @@ class TorchvisionDataModule(ImageDataModule):
         lists = self.source.dataset_class.train_list + self.source.dataset_class.test_list
         return [name for name, md5 in lists if not cifar.check_integrity(os.path.join(self.folder, name), md5)]
 
-    def _error(self, problem: str, cause: Optional[BaseException] = None) -> FileNotFoundError:
+    def _error(self, problem: str, cause: BaseException | None = None) -> FileNotFoundError:
         # torchvision's messages span lines: keep the last one, the actual cause.
         reason = f" ({(str(cause).strip().splitlines() or [type(cause).__name__])[-1]})" if cause else ""
         return FileNotFoundError(f"{self.source.name} {problem}{reason}: put {self.source.hint} in {self.folder}.")
@@ -238,7 +264,7 @@ class TorchvisionDataModule(ImageDataModule):
         except Exception as error:
             raise self._error(f"not found in {self.folder} and the download failed", error) from error
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         if self._missing_files():
@@ -266,7 +292,9 @@ class TorchvisionDataModule(ImageDataModule):
 
         # PIL image -> (pad with background) -> [0, 1] -> [-1, 1]; random flips come later, on the batch (base.py)
         pad = [transforms.Pad((32 - self.source.shape[2]) // 2, fill=0)] if self.pad_to_32 else []
-        transform = transforms.Compose(pad + [transforms.ToTensor(), transforms.Normalize(self.data_mean, self.data_std)])
+        transform = transforms.Compose(
+            pad + [transforms.ToTensor(), transforms.Normalize(self.data_mean, self.data_std)]
+        )
 
         # A fixed permutation of the official training split: its first num_val_samples images validate.
         order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ Toy2DName = Literal["moons", "circles", "swissroll", "8gaussians", "checkerboard
 
 
 def _eight_gaussians(
-    n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
+    n: int, noise: float, rng: np.random.RandomState, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.randint(0, 8, n) if labels is None else labels
     angles = labels * (2 * np.pi / 8)
@@ -26,7 +26,7 @@ def _eight_gaussians(
 
 
 def _checkerboard(
-    n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
+    n: int, noise: float, rng: np.random.RandomState, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """4x4 board on [-2, 2]^2, points on the dark squares (as in Grathwohl et al. 2019, FFJORD); the label is the
     parity of the column (given `labels`: a column of that parity)."""
@@ -42,7 +42,7 @@ def _checkerboard(
 
 def make_toy2d(
     name: Toy2DName, n: int, noise: float, seed: int | np.random.RandomState
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """n points (n, 2) of a named distribution and their labels (or None where there are none); moons and circles
     as sklearn makes them (evenly spaced angles, see draw_toy2d)."""
     rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
@@ -61,8 +61,8 @@ def make_toy2d(
 
 
 def draw_toy2d(
-    name: Toy2DName, n: int, noise: float, rng: np.random.RandomState, labels: Optional[np.ndarray] = None
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    name: Toy2DName, n: int, noise: float, rng: np.random.RandomState, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """n independent draws of the distribution that `make_toy2d`'s data represents, with the given class `labels`
     (one per point) or with classes drawn too (None).
 
@@ -80,12 +80,15 @@ def draw_toy2d(
     if name == "checkerboard":
         return _checkerboard(n, noise, rng, labels)
     if name not in ("moons", "circles"):
-        raise ValueError(f"Unknown 2D dataset {name!r}: use one of moons, circles, swissroll, 8gaussians, checkerboard.")
+        raise ValueError(
+            f"Unknown 2D dataset {name!r}: use one of moons, circles, swissroll, 8gaussians, checkerboard."
+        )
     labels = rng.randint(0, 2, n) if labels is None else labels
     if name == "moons":  # class 0: the upper arc (cos s, sin s); class 1: the lower (1 - cos s, 1/2 - sin s)
         s = rng.rand(n) * np.pi
-        points = np.where(labels[:, None] == 0, np.stack([np.cos(s), np.sin(s)], 1),
-                          np.stack([1 - np.cos(s), 0.5 - np.sin(s)], 1))
+        points = np.where(
+            labels[:, None] == 0, np.stack([np.cos(s), np.sin(s)], 1), np.stack([1 - np.cos(s), 0.5 - np.sin(s)], 1)
+        )
     else:  # class 0: the outer circle, radius 1; class 1: the inner, radius 0.5 (make_circles' factor)
         s = rng.rand(n) * 2 * np.pi
         points = np.where(labels[:, None] == 0, 1.0, 0.5) * np.stack([np.cos(s), np.sin(s)], 1)
@@ -129,7 +132,7 @@ class Toy2DDataModule(DiffusionDataModule):
         batch_size: int = 512,
         num_workers: int = 0,
         predict_num_samples: int = 2_000,
-        predict_class_labels: Optional[list[int]] = None,
+        predict_class_labels: list[int] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, predict_num_samples, predict_class_labels)
         if dataset not in _CLASS_NAMES:
@@ -166,7 +169,7 @@ class Toy2DDataModule(DiffusionDataModule):
         """The training and validation splits as datasets of (x,) or (x, y) in model space (as ImageDataModule's)."""
         return {name: TensorDataset(*self._splits[name]) for name in ("train", "val")}
 
-    def independent_draws(self, num_samples: int, count: int, labels: Optional[Tensor] = None) -> list[Tensor]:
+    def independent_draws(self, num_samples: int, count: int, labels: Tensor | None = None) -> list[Tensor]:
         """`count` sets of `num_samples` independent draws of the data distribution in model space (draw_toy2d), as
         an exact model samples it: the real-vs-real floors of the sample metrics. With `labels` (one per point),
         every set has these classes, as a conditional model's samples asked for them. Set j depends only on the
@@ -175,7 +178,9 @@ class Toy2DDataModule(DiffusionDataModule):
         given = None if labels is None else labels.cpu().numpy()
         draws = []
         for j in range(count):
-            points, _ = draw_toy2d(self.dataset, num_samples, self.noise, np.random.RandomState([self.seed, 2, j]), given)
+            points, _ = draw_toy2d(
+                self.dataset, num_samples, self.noise, np.random.RandomState([self.seed, 2, j]), given
+            )
             draws.append(torch.from_numpy((points - mean) / std).float())
         return draws
 
@@ -184,7 +189,7 @@ class Toy2DDataModule(DiffusionDataModule):
         return (2,)
 
     @property
-    def class_names(self) -> Optional[list[str]]:
+    def class_names(self) -> list[str] | None:
         return _CLASS_NAMES[self.dataset] if self.labels else None
 
     @property
@@ -200,7 +205,9 @@ class Toy2DDataModule(DiffusionDataModule):
         dataset = TensorDataset(*self._splits[split])
         order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         batches = BatchSampler(order, self.batch_size, drop_last=shuffle)
-        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers, generator=_own_rng(shuffle))
+        return DataLoader(
+            dataset, sampler=batches, batch_size=None, num_workers=self.num_workers, generator=_own_rng(shuffle)
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

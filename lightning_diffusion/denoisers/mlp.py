@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -41,7 +40,7 @@ class MLPDenoiser(nn.Module):
     def __init__(
         self,
         sample_shape: tuple[int, ...] = (2,),
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         hidden_dim: int = 256,
         num_blocks: int = 4,
         time_embed_dim: int = 128,
@@ -58,7 +57,7 @@ class MLPDenoiser(nn.Module):
         self.blocks = nn.ModuleList(_ResidualBlock(hidden_dim, dropout) for _ in range(num_blocks))
         self.output = nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
 
-    def forward(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         emb = self.time_embedding(self.time_proj(t).to(x_t.dtype))  # (B, hidden)
         if self.class_embedding is not None:
             if class_labels is None:

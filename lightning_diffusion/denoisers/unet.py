@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
@@ -33,17 +31,21 @@ class UNetDenoiser(nn.Module):
     def __init__(
         self,
         sample_shape: tuple[int, ...] = (1, 28, 28),
-        num_classes: Optional[int] = None,
-        block_out_channels: list[int] = [32, 64, 64],
-        down_block_types: Optional[list[str]] = None,
-        up_block_types: Optional[list[str]] = None,
-        attention_levels: list[int] = [],
+        num_classes: int | None = None,
+        block_out_channels: list[int] = None,
+        down_block_types: list[str] | None = None,
+        up_block_types: list[str] | None = None,
+        attention_levels: list[int] = None,
         layers_per_block: int = 2,
         attention_head_dim: int = 8,
         norm_num_groups: int = 32,
         dropout: float = 0.0,
         channels_last: bool = False,
     ) -> None:
+        if attention_levels is None:
+            attention_levels = []
+        if block_out_channels is None:
+            block_out_channels = [32, 64, 64]
         super().__init__()
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
@@ -100,7 +102,7 @@ class UNetDenoiser(nn.Module):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
 
-    def forward(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if self.num_classes and class_labels is None:
             class_labels = torch.full((x_t.shape[0],), self.num_classes, dtype=torch.long, device=x_t.device)
         if self.channels_last:

@@ -4,14 +4,15 @@ back into data. DiffusionModule holds one and never asks which."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from diffusers import SchedulerMixin
 from torch import Tensor, nn
 
-from lightning_diffusion.diffusion import StepCallback
-from lightning_diffusion.samplers import Sampler, check_options, sampler_class
+from lightning_diffusion.formulations.ddpm import StepCallback
+from lightning_diffusion.formulations.schedulers import Sampler, check_options, sampler_class
 
 # The guided denoiser at the formulation's network time: net(x_in, time_input) -> network output.
 Net = Callable[[Tensor, Tensor], Tensor]
@@ -31,15 +32,28 @@ class Formulation(nn.Module):
     default_sampler: ClassVar[str]
     default_steps: ClassVar[int]
 
-    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Optional[Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+    def loss(
+        self,
+        denoiser: nn.Module,
+        x0: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The training loss of a batch, a scalar; with `generator`, its noise and times are drawn from it (a
         validation loss comparable across epochs)."""
         raise NotImplementedError
 
-    def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
-               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
-               image_like: bool = False) -> Tensor:
+    def sample(
+        self,
+        net: Net,
+        noise: Tensor,
+        sampler: str,
+        num_inference_steps: int,
+        sampler_kwargs: dict[str, Any],
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        image_like: bool = False,
+    ) -> Tensor:
         """x_0 from standard normal `noise` with the sampler `sampler` in `num_inference_steps` steps."""
         raise NotImplementedError
 
@@ -65,8 +79,12 @@ class Formulation(nn.Module):
         """A fresh diffusers scheduler for this formulation, its options split between its config and its step."""
         cls = sampler_class(name)
         step_parameters = inspect.signature(cls.step).parameters
-        step_options = [k for k in step_parameters if k not in ("self", "model_output", "timestep", "sample",
-                                                                 "generator", "return_dict", "pred_original_sample")]
+        step_options = [
+            k
+            for k in step_parameters
+            if k
+            not in ("self", "model_output", "timestep", "sample", "generator", "return_dict", "pred_original_sample")
+        ]
         step_kwargs = {k: v for k, v in sampler_kwargs.items() if k in step_options}
         config = {k: v for k, v in sampler_kwargs.items() if k not in step_kwargs}
         check_options(cls, sampler_kwargs, f"sampler_kwargs of {name}", also=step_options)

@@ -5,15 +5,16 @@ log-normal training sigmas, and their deterministic Heun sampler with its stocha
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import EDMEulerScheduler, SchedulerMixin
 from torch import Tensor, nn
 
-from lightning_diffusion import diffusion
-from lightning_diffusion.diffusion import StepCallback
+from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
+from lightning_diffusion.formulations.ddpm import StepCallback
 
 
 def preconditioning(sigma: Tensor, sigma_data: Tensor | float) -> dict[str, Tensor]:
@@ -30,15 +31,24 @@ def preconditioning(sigma: Tensor, sigma_data: Tensor | float) -> dict[str, Tens
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
     """sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then 0 (eq. 5)."""
-    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64) if num_steps > 1 else torch.zeros(1, dtype=torch.float64)
+    ramp = (
+        torch.linspace(0, 1, num_steps, dtype=torch.float64) if num_steps > 1 else torch.zeros(1, dtype=torch.float64)
+    )
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 def edm_sampler(
-    denoise: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sigmas: Tensor, heun: bool = True,
-    S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0,
-    generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
+    denoise: Callable[[Tensor, Tensor], Tensor],
+    noise: Tensor,
+    sigmas: Tensor,
+    heun: bool = True,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = float("inf"),
+    S_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Algorithm 2 of Karras et al. 2022 (with S_churn = 0 their deterministic Algorithm 1): Euler steps of the
     probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, each corrected by Heun's second-order rule unless it
@@ -93,7 +103,7 @@ class EDM(Formulation):
 
     def __init__(
         self,
-        sigma_data: Optional[float] = None,
+        sigma_data: float | None = None,
         P_mean: float = -1.2,
         P_std: float = 1.2,
         sigma_min: float = 0.002,
@@ -118,8 +128,13 @@ class EDM(Formulation):
         c = preconditioning(sigma, self.sigma_data)
         return c["c_skip"] * x + c["c_out"] * net(c["c_in"] * x, c["c_noise"].flatten()).float()
 
-    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Optional[Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+    def loss(
+        self,
+        denoiser: nn.Module,
+        x0: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         x0 = x0.float()
         if generator is None:
             ln_sigma, n = torch.randn(x0.shape[0], device=x0.device), torch.randn_like(x0)
@@ -130,7 +145,9 @@ class EDM(Formulation):
         c = preconditioning(sigma, self.sigma_data)
         x = x0 + sigma * n
         output = denoiser(c["c_in"] * x, c["c_noise"].flatten(), class_labels).float()
-        target = (x0 - c["c_skip"] * x) / c["c_out"]  # lambda |D - x0|^2 = lambda c_out^2 |F - target|^2, and lambda c_out^2 = 1
+        target = (x0 - c["c_skip"] * x) / c[
+            "c_out"
+        ]  # lambda |D - x0|^2 = lambda c_out^2 |F - target|^2, and lambda c_out^2 = 1
         return (output - target).pow(2).flatten(1).mean(1).mean()
 
     # ------------------------------------------------------------ sampling
@@ -138,9 +155,17 @@ class EDM(Formulation):
     def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
         return heun
 
-    def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
-               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
-               image_like: bool = False) -> Tensor:
+    def sample(
+        self,
+        net: Net,
+        noise: Tensor,
+        sampler: str,
+        num_inference_steps: int,
+        sampler_kwargs: dict[str, Any],
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        image_like: bool = False,
+    ) -> Tensor:
         if torch.isnan(self.sigma_data):  # one host sync per call
             raise ValueError(
                 "EDM's sigma_data is not known yet (it is measured when the fit starts): fit the model first, or give "
@@ -148,8 +173,15 @@ class EDM(Formulation):
             )
         if sampler in self.own_samplers:
             sigmas = karras_sigmas(num_inference_steps, self.sigma_min, self.sigma_max, self.rho)
-            return edm_sampler(lambda x, s: self.denoise(net, x, s), noise, sigmas, heun=sampler == "heun",
-                               generator=generator, callback=callback, **sampler_kwargs)
+            return edm_sampler(
+                lambda x, s: self.denoise(net, x, s),
+                noise,
+                sigmas,
+                heun=sampler == "heun",
+                generator=generator,
+                callback=callback,
+                **sampler_kwargs,
+            )
         made = self.diffusers_sampler(sampler, sampler_kwargs, image_like)
 
         def to_x0(model_output: Tensor, x_in: Tensor, c_noise: Tensor) -> Tensor:
@@ -160,13 +192,26 @@ class EDM(Formulation):
         def to_sigma(i: int, c_noise: Tensor, x: Tensor, x0: Tensor) -> None:  # the callback sees sigma
             callback(i, (4 * c_noise).exp(), x, x0)
 
-        return diffusion.sample(net, made, noise, num_inference_steps, generator, to_sigma if callback else None, to_x0,
-                                end_time=float("-inf"))  # c_noise of sigma = 0
+        return diffusion.sample(
+            net,
+            made,
+            noise,
+            num_inference_steps,
+            generator,
+            to_sigma if callback else None,
+            to_x0,
+            end_time=float("-inf"),
+        )  # c_noise of sigma = 0
 
     def diffusers_config(self, cls: type[SchedulerMixin]) -> dict[str, Any]:
         # diffusers' EDM schedulers call their F-parametrization "epsilon" (precondition_outputs)
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "sigma_data": float(self.sigma_data),
-                "rho": self.rho, "prediction_type": "epsilon"}
+        return {
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "sigma_data": float(self.sigma_data),
+            "rho": self.rho,
+            "prediction_type": "epsilon",
+        }
 
     def diffusers_scheduler(self) -> SchedulerMixin:
         return EDMEulerScheduler(**self.diffusers_config(EDMEulerScheduler))

@@ -4,15 +4,16 @@ dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 from torch import Tensor, nn
 
-from lightning_diffusion import diffusion
-from lightning_diffusion.diffusion import StepCallback
+from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
+from lightning_diffusion.formulations.ddpm import StepCallback
 
 NETWORK_TIME = 1000.0  # the network sees 1000 t, the timesteps of diffusers' FlowMatch schedulers
 
@@ -24,13 +25,16 @@ def time_grid(num_steps: int, shift: float = 1.0) -> list[float]:
 
 
 def ode_sampler(
-    velocity: Callable[[Tensor, float], Tensor], noise: Tensor, times: list[float], method: str = "euler",
-    callback: Optional[StepCallback] = None,
+    velocity: Callable[[Tensor, float], Tensor],
+    noise: Tensor,
+    times: list[float],
+    method: str = "euler",
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Integrates dx/dt = v(x, t) over `times` (decreasing, 1 to 0) with Euler's method (1 evaluation per step),
     Heun's (the trapezoid of the two ends' velocities, 2; the last step 1) or the explicit midpoint rule (2)."""
     x = noise.float()
-    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=False)):
         dt = t_next - t
         v = velocity(x, t)
         x0 = x - t * v  # x_t - t v = x0, for the exact v
@@ -79,20 +83,32 @@ class FlowMatching(Formulation):
             raise ValueError(f"time_distribution must be 'uniform' or 'logit_normal', got {time_distribution!r}.")
         if shift <= 0:
             raise ValueError(f"shift must be positive, got {shift}.")
-        self.time_distribution, self.logit_mean, self.logit_std, self.shift = time_distribution, logit_mean, logit_std, shift
+        self.time_distribution, self.logit_mean, self.logit_std, self.shift = (
+            time_distribution,
+            logit_mean,
+            logit_std,
+            shift,
+        )
 
-    def training_times(self, n: int, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    def training_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         if self.time_distribution == "uniform":
             u = torch.rand(n, generator=generator) if generator is not None else torch.rand(n, device=device)
             return u.to(device)
         z = torch.randn(n, generator=generator) if generator is not None else torch.randn(n, device=device)
         return torch.sigmoid(self.logit_mean + self.logit_std * z.to(device))
 
-    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Optional[Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+    def loss(
+        self,
+        denoiser: nn.Module,
+        x0: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         x0 = x0.float()
         t = self.training_times(x0.shape[0], generator, x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        eps = (
+            torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        )
         t_ = diffusion.expand_like(t, x0)
         x_t = (1 - t_) * x0 + t_ * eps
         output = denoiser(x_t, NETWORK_TIME * t, class_labels).float()
@@ -103,9 +119,17 @@ class FlowMatching(Formulation):
     def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
         return euler
 
-    def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
-               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
-               image_like: bool = False) -> Tensor:
+    def sample(
+        self,
+        net: Net,
+        noise: Tensor,
+        sampler: str,
+        num_inference_steps: int,
+        sampler_kwargs: dict[str, Any],
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        image_like: bool = False,
+    ) -> Tensor:
         if sampler in self.own_samplers:
             times = time_grid(num_inference_steps, float(sampler_kwargs.get("shift", self.shift)))
 

@@ -4,24 +4,25 @@ written from the papers (`ddpm`, `ddim`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, SchedulerMixin
 from torch import Tensor, nn
 
-from lightning_diffusion import diffusion
-from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
+from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
-from lightning_diffusion.samplers import build_sampler, sampler_class
+from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
+from lightning_diffusion.formulations.schedulers import build_sampler, sampler_class
 
 
-def ddpm(timestep_spacing: Optional[str] = None, variance_type: Optional[str] = None) -> None:
+def ddpm(timestep_spacing: str | None = None, variance_type: str | None = None) -> None:
     """Options of the `ddpm` sampler: the spacing of a shorter process and `fixed_small` (beta~_t) or `fixed_large`
     (beta_t) variance; by default the schedule's."""
 
 
-def ddim(eta: float = 0.0, timestep_spacing: Optional[str] = None) -> None:
+def ddim(eta: float = 0.0, timestep_spacing: str | None = None) -> None:
     """Options of the `ddim` sampler: eta (0: deterministic DDIM, 1: DDPM-like) and the spacing of the timesteps."""
 
 
@@ -70,14 +71,28 @@ class VP(Formulation):
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.numel()
 
-    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Optional[Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tensor:
+    def loss(
+        self,
+        denoiser: nn.Module,
+        x0: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         t = eps = None
         if generator is not None:
             t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
             eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return diffusion.diffusion_loss(denoiser, x0, self.alphas_cumprod, self.prediction_type, self.loss_weighting,
-                                        self.min_snr_gamma, class_labels=class_labels, t=t, eps=eps)
+        return diffusion.diffusion_loss(
+            denoiser,
+            x0,
+            self.alphas_cumprod,
+            self.prediction_type,
+            self.loss_weighting,
+            self.min_snr_gamma,
+            class_labels=class_labels,
+            t=t,
+            eps=eps,
+        )
 
     # ------------------------------------------------------------ sampling
 
@@ -85,7 +100,9 @@ class VP(Formulation):
         if sampler not in self.own_samplers:
             sampler_class(sampler)  # an unknown name is one sentence
         if not 0 < num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}.")
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}."
+            )
         if sampler in self.own_samplers:
             super().check_sampler(sampler, sampler_kwargs, num_inference_steps)
         else:
@@ -94,27 +111,46 @@ class VP(Formulation):
     def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
         return {"ddpm": ddpm, "ddim": ddim}[sampler]
 
-    def make_sampler(self, name: str, sampler_kwargs: Optional[dict[str, Any]], image_like: bool):
+    def make_sampler(self, name: str, sampler_kwargs: dict[str, Any] | None, image_like: bool):
         """A diffusers sampler over this schedule: see samplers.build_sampler."""
         return build_sampler(self.scheduler.config, name, self.prediction_type, image_like, sampler_kwargs)
 
-    def sample(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int, sampler_kwargs: dict[str, Any],
-               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
-               image_like: bool = False) -> Tensor:
+    def sample(
+        self,
+        net: Net,
+        noise: Tensor,
+        sampler: str,
+        num_inference_steps: int,
+        sampler_kwargs: dict[str, Any],
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        image_like: bool = False,
+    ) -> Tensor:
         if sampler in self.own_samplers:
-            return self.sample_from_formulas(net, noise, sampler, num_inference_steps, sampler_kwargs, generator, callback)
+            return self.sample_from_formulas(
+                net, noise, sampler, num_inference_steps, sampler_kwargs, generator, callback
+            )
         made = self.make_sampler(sampler, sampler_kwargs, image_like)
         return diffusion.sample(net, made, noise, num_inference_steps, generator, callback)
 
-    def sample_from_formulas(self, net: Net, noise: Tensor, sampler: str, num_inference_steps: int,
-                             options: dict[str, Any], generator: Optional[torch.Generator], callback: Optional[StepCallback]) -> Tensor:
+    def sample_from_formulas(
+        self,
+        net: Net,
+        noise: Tensor,
+        sampler: str,
+        num_inference_steps: int,
+        options: dict[str, Any],
+        generator: torch.Generator | None,
+        callback: StepCallback | None,
+    ) -> Tensor:
         """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2) or DDIM (Song et al. 2021) from diffusion.py's
         steps, on the timesteps diffusers would use, with the schedule's x0 clip: the reference the tests hold
         diffusers' DDPMScheduler and DDIMScheduler to."""
         config = self.scheduler.config
         spacing = options.get("timestep_spacing") or config.get("timestep_spacing", "leading")
-        timesteps = diffusion.inference_timesteps(self.num_train_timesteps, num_inference_steps, spacing,
-                                                  config.get("steps_offset", 0))
+        timesteps = diffusion.inference_timesteps(
+            self.num_train_timesteps, num_inference_steps, spacing, config.get("steps_offset", 0)
+        )
         clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
         a = self.alphas_cumprod.to(noise.device)
         # DDIM steps T // n back (and to alpha_bar = 1, set_alpha_to_one, past t = 0); DDPM to the next timestep
@@ -130,11 +166,15 @@ class VP(Formulation):
             if sampler == "ddpm":
                 z = torch.randn(x.shape, generator=generator).to(x.device) if t > 0 else None
                 large = (options.get("variance_type") or config.get("variance_type")) == "fixed_large"
-                x, x0 = diffusion.ddpm_step(model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, clip, large)
+                x, x0 = diffusion.ddpm_step(
+                    model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, clip, large
+                )
             else:
                 eta = float(options.get("eta", 0.0))
                 z = torch.randn(x.shape, generator=generator).to(x.device) if eta > 0 else None
-                x, x0 = diffusion.ddim_step(model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, eta, clip)
+                x, x0 = diffusion.ddim_step(
+                    model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, eta, clip
+                )
             if callback is not None:
                 callback(i, torch.tensor(max(prev, 0)), x, x0)
         return x

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 from torchvision.utils import save_image
 

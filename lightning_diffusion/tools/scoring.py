@@ -11,8 +11,9 @@ images stream through the same extractors, so no image set is held whole, whatev
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,17 +21,23 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from tqdm import tqdm
 
 from lightning_diffusion.data.base import DiffusionDataModule
-from lightning_diffusion.evaluation import INCEPTION_PATH, ClassifierMetrics, FeatureStats, InceptionMetrics, SampleMetrics
-from lightning_diffusion.metrics import distribution_metrics, floor_metrics
-from lightning_diffusion.sample_quality import floor_sets
+from lightning_diffusion.metrics.distances import distribution_metrics, floor_metrics
+from lightning_diffusion.metrics.features import (
+    INCEPTION_PATH,
+    ClassifierMetrics,
+    FeatureStats,
+    InceptionMetrics,
+    SampleMetrics,
+)
+from lightning_diffusion.metrics.validation import floor_sets
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 IMAGE_BATCH = 250  # images generated and scored at a time unless --batch_size or the checkpoint says otherwise
-Batches = Iterator[tuple[Tensor, Optional[Tensor]]]  # (x in model space, labels or None)
+Batches = Iterator[tuple[Tensor, Tensor | None]]  # (x in model space, labels or None)
 
 
 def run_folder(path: Path) -> Path:
@@ -77,22 +84,34 @@ class SampleArrays(Dataset):
             with np.load(path) as arrays:
                 x, labels = torch.from_numpy(arrays["samples"]), arrays.get("class_labels")
                 # what made them (callbacks.sample_writer.sampling_record; absent from files of older versions)
-                self.sampling = {k: arrays[k].item() for k in ("sampler", "num_inference_steps", "guidance_scale")
-                                 if k in arrays}
+                self.sampling = {
+                    k: arrays[k].item() for k in ("sampler", "num_inference_steps", "guidance_scale") if k in arrays
+                }
             if x.dtype == torch.uint8:  # images as predict writes them: (N, H, W, C) in 0..255
                 x = x.permute(0, 3, 1, 2).float() / 255
             self.labels = None if labels is None else torch.from_numpy(labels).long()
         else:
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a folder of images or a .npz.")
+                raise ValueError(
+                    f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a folder of images or a .npz."
+                )
             mode = "L" if shape[0] == 1 else "RGB"
-            x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert(mode))).reshape(*shape[1:], -1).permute(2, 0, 1)
-                             for f in files]).float() / 255
+            x = (
+                torch.stack(
+                    [
+                        torch.from_numpy(np.array(Image.open(f).convert(mode))).reshape(*shape[1:], -1).permute(2, 0, 1)
+                        for f in files
+                    ]
+                ).float()
+                / 255
+            )
             self.labels, self.sampling = None, {}
         if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"{path} holds samples of shape {tuple(x.shape[1:])}, but the run's data has {shape}: "
-                             "give samples of the run's data.")
+            raise ValueError(
+                f"{path} holds samples of shape {tuple(x.shape[1:])}, but the run's data has {shape}: "
+                "give samples of the run's data."
+            )
         mean, std = (torch.tensor(s).view(1, -1, *([1] * (len(shape) - 1))) for s in (data.data_mean, data.data_std))
         self.x = (x.float() - mean) / std
 
@@ -120,9 +139,9 @@ def batches(dataset: Dataset, batch_size: int) -> Batches:
         yield batch[0], (batch[1] if len(batch) > 1 else None)
 
 
-def first(dataset: Dataset, start: int, stop: int) -> tuple[Tensor, Optional[Tensor]]:
+def first(dataset: Dataset, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
     """Items [start, stop) of a dataset, stacked."""
-    xs, ys = zip(*[(b[0], b[1] if len(b) > 1 else None) for b in Subset(dataset, range(start, stop))])
+    xs, ys = zip(*[(b[0], b[1] if len(b) > 1 else None) for b in Subset(dataset, range(start, stop))], strict=False)
     return torch.stack(xs), (None if ys[0] is None else torch.as_tensor(ys).long())
 
 
@@ -145,7 +164,7 @@ class PointScorer:
     def new(self) -> list[Tensor]:
         return []
 
-    def add(self, generated: list[Tensor], x: Tensor, labels: Optional[Tensor] = None) -> None:
+    def add(self, generated: list[Tensor], x: Tensor, labels: Tensor | None = None) -> None:
         generated.append(x.cpu())
 
     def scores(self, generated: list[Tensor]) -> dict[str, float]:
@@ -159,8 +178,16 @@ class ImageScorer:
     The floor set is the held-out split: its images after the first n when it is also the reference (as `test`
     does), else its first n, or all of it where it has fewer (the floor_samples column says how many)."""
 
-    def __init__(self, data: DiffusionDataModule, reference: str, num_samples: int, metrics: list[SampleMetrics],
-                 batch_size: int, device: torch.device, progress: Callable[[Batches, str], Batches]) -> None:
+    def __init__(
+        self,
+        data: DiffusionDataModule,
+        reference: str,
+        num_samples: int,
+        metrics: list[SampleMetrics],
+        batch_size: int,
+        device: torch.device,
+        progress: Callable[[Batches, str], Batches],
+    ) -> None:
         self.metrics, self.batch_size = metrics, batch_size
         shape = (1, -1, 1, 1)
         self.mean, self.std = (torch.tensor(s, device=device).view(shape) for s in (data.data_mean, data.data_std))
@@ -176,7 +203,9 @@ class ImageScorer:
             floor_from = Subset(floor_from, range(min(num_samples, len(floor_from))))
         self.floor_samples = len(floor_from)
         self.reference = self._accumulate(progress(batches(ref, batch_size), f"reference ({len(ref)} real)"), False)
-        self.floor = self._accumulate(progress(batches(floor_from, batch_size), f"floor ({len(floor_from)} real)"), True)
+        self.floor = self._accumulate(
+            progress(batches(floor_from, batch_size), f"floor ({len(floor_from)} real)"), True
+        )
         labels = [y for _, y in batches(Subset(ref, range(min(num_samples, len(ref)))), batch_size)]
         self.labels = None if not labels or labels[0] is None else torch.cat(labels)
 
@@ -189,14 +218,14 @@ class ImageScorer:
     def new(self) -> list[FeatureStats]:
         return [FeatureStats(metric.kid_max_samples) for metric in self.metrics]
 
-    def add(self, stats: list[FeatureStats], x: Tensor, labels: Optional[Tensor] = None) -> None:
+    def add(self, stats: list[FeatureStats], x: Tensor, labels: Tensor | None = None) -> None:
         images = x.to(self.mean.device).float() * self.std + self.mean  # data space, [0, 1]
-        for metric, each in zip(self.metrics, stats):
+        for metric, each in zip(self.metrics, stats, strict=False):
             metric.accumulate(images, labels, each)
 
     def scores(self, generated: list[FeatureStats]) -> dict[str, float]:
         metrics: dict[str, float] = {"floor_samples": self.floor_samples}
-        for metric, gen, ref, floor in zip(self.metrics, generated, self.reference, self.floor):
+        for metric, gen, ref, floor in zip(self.metrics, generated, self.reference, self.floor, strict=False):
             metrics |= {name: float(value) for name, value in metric.scores(gen, ref, floor).items()}
         return metrics
 
@@ -226,19 +255,28 @@ class Scorers:
     def progress(self, stream: Iterator, description: str) -> Iterator:
         return iter(tqdm(stream, desc=description, leave=False, disable=not self.args.progress, unit="batch"))
 
-    def get(self, config: dict[str, Any], shape: tuple[int, ...], num_samples: int, num_classes: Optional[int]) -> Any:
+    def get(self, config: dict[str, Any], shape: tuple[int, ...], num_samples: int, num_classes: int | None) -> Any:
         key = (data_key(config), num_samples)
         if key not in self.scorers:
             data = build_data(config)
             if tuple(data.sample_shape) != tuple(shape):
-                raise ValueError(f"The run's data makes {tuple(data.sample_shape)} samples but its checkpoint "
-                                 f"{tuple(shape)}: evaluate a checkpoint with the run it was trained in.")
+                raise ValueError(
+                    f"The run's data makes {tuple(data.sample_shape)} samples but its checkpoint "
+                    f"{tuple(shape)}: evaluate a checkpoint with the run it was trained in."
+                )
             if len(shape) == 1:
                 self.scorers[key] = PointScorer(data, self.args.reference, num_samples)
             else:
                 self.metrics = self.metrics or image_metrics(self.args, self.device)
-                self.scorers[key] = ImageScorer(data, self.args.reference, num_samples, self.metrics,
-                                                self.args.batch_size or IMAGE_BATCH, self.device, self.progress)
+                self.scorers[key] = ImageScorer(
+                    data,
+                    self.args.reference,
+                    num_samples,
+                    self.metrics,
+                    self.args.batch_size or IMAGE_BATCH,
+                    self.device,
+                    self.progress,
+                )
         for metric in self.metrics if len(shape) > 1 else []:
             metric.check(tuple(shape), num_classes)
         return self.scorers[key]

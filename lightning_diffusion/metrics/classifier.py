@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -46,13 +47,13 @@ class ImageClassifier(L.LightningModule):
         num_features: int = 128,
         dropout: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         sample_shape: Sequence[int] = (1, 32, 32),
-        num_classes: Optional[int] = None,
-        class_names: Optional[list[str]] = None,
-        data_mean: Optional[list[float]] = None,
-        data_std: Optional[list[float]] = None,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        data_mean: list[float] | None = None,
+        data_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         if not num_classes:
@@ -62,11 +63,16 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         channels = sample_shape[0]
         self.encoder = nn.Sequential(
-            _block(channels, width, 1), _block(width, width, 1),
-            _block(width, 2 * width, 2), _block(2 * width, 2 * width, 1),
-            _block(2 * width, 4 * width, 2), _block(4 * width, 4 * width, 1),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(4 * width * 16, num_features), nn.SiLU(),
+            _block(channels, width, 1),
+            _block(width, width, 1),
+            _block(width, 2 * width, 2),
+            _block(2 * width, 2 * width, 1),
+            _block(2 * width, 4 * width, 2),
+            _block(4 * width, 4 * width, 1),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(4 * width * 16, num_features),
+            nn.SiLU(),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)

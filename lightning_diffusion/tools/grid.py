@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_diffusion.eval_report import is_floor
-from lightning_diffusion.sample_quality import sample_batches
+from lightning_diffusion.metrics.validation import sample_batches
+from lightning_diffusion.tools.report import is_floor
 
 
 class Cell(NamedTuple):
@@ -33,7 +33,7 @@ class CountCalls:
     def _count(self, module: nn.Module, args: Any) -> None:
         self.calls += 1
 
-    def __enter__(self) -> "CountCalls":
+    def __enter__(self) -> CountCalls:
         self.handle = self.module.register_forward_pre_hook(self._count)
         return self
 
@@ -41,7 +41,7 @@ class CountCalls:
         self.handle.remove()
 
 
-def generation_labels(model: nn.Module, reference_labels: Optional[Tensor], num_samples: int) -> Optional[Tensor]:
+def generation_labels(model: nn.Module, reference_labels: Tensor | None, num_samples: int) -> Tensor | None:
     """The classes asked of a conditional model: those of the first reference samples (their class proportions, as
     `validate`), or every class in turn where the reference has none; None for an unconditional model."""
     if not model.num_classes:
@@ -51,8 +51,16 @@ def generation_labels(model: nn.Module, reference_labels: Optional[Tensor], num_
     return torch.arange(num_samples) % model.num_classes
 
 
-def cell_row(model: nn.Module, scorer: Any, cell: Cell, labels: Optional[Tensor], num_samples: int, seeds: list[int],
-             batch_size: Optional[int], bar: Any) -> tuple[dict[str, Any], list[str]]:
+def cell_row(
+    model: nn.Module,
+    scorer: Any,
+    cell: Cell,
+    labels: Tensor | None,
+    num_samples: int,
+    seeds: list[int],
+    batch_size: int | None,
+    bar: Any,
+) -> tuple[dict[str, Any], list[str]]:
     """The row of one cell (its metrics' mean and standard deviation over `seeds`, floors once, NFE, seconds) and the
     names of its metrics. Seed s draws its noise from torch.Generator().manual_seed(s), as `validate` does."""
     start, per_seed, nfe = time.perf_counter(), [], None
@@ -60,14 +68,22 @@ def cell_row(model: nn.Module, scorer: Any, cell: Cell, labels: Optional[Tensor]
     with CountCalls(model.denoiser) as counter:
         for seed in seeds:
             accumulated, offset = scorer.new(), 0
-            for x in sample_batches(model, num_samples, batch_size, labels, torch.Generator().manual_seed(seed), **options):
+            for x in sample_batches(
+                model, num_samples, batch_size, labels, torch.Generator().manual_seed(seed), **options
+            ):
                 nfe = counter.calls if nfe is None else nfe  # the calls of the first sampling call
                 scorer.add(accumulated, x, None if labels is None else labels[offset : offset + len(x)])
                 offset += len(x)
                 bar.update(len(x))
             per_seed.append(scorer.scores(accumulated))
-    row: dict[str, Any] = {"sampler": cell.sampler, "steps": cell.steps, "nfe": nfe, "guidance": cell.guidance,
-                           "samples": num_samples, "seeds": len(seeds)}
+    row: dict[str, Any] = {
+        "sampler": cell.sampler,
+        "steps": cell.steps,
+        "nfe": nfe,
+        "guidance": cell.guidance,
+        "samples": num_samples,
+        "seeds": len(seeds),
+    }
     for name in per_seed[0]:
         values = [scores[name] for scores in per_seed]
         row[name] = statistics.fmean(values)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 from torch import Tensor
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 256, seed: Optional[int] = 0) -> Tensor:
+def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 256, seed: int | None = 0) -> Tensor:
     """Sliced 2-Wasserstein distance (Rabin et al. 2011) between two equal-size samples (N, ...).
 
     SW_2 = sqrt(E_theta W_2^2(theta.x, theta.y)) over random unit directions theta; in 1D, W_2 matches the
     sorted projections. A fixed `seed` uses the same directions on every call, so values compare across epochs.
     """
     if x.shape != y.shape:
-        raise ValueError(f"sliced_wasserstein needs two samples of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"sliced_wasserstein needs two samples of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     x, y = x.flatten(1).float(), y.flatten(1).float()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     theta = torch.randn(x.shape[1], num_projections, generator=generator).to(x.device)
@@ -64,7 +67,7 @@ def floor_metrics(real: Tensor, floor_sets: FloorSets) -> dict[str, Tensor]:
 
 
 def distribution_metrics(
-    generated: Tensor, real: Tensor, floor_sets: Optional[FloorSets] = None, floors: Optional[dict[str, Tensor]] = None
+    generated: Tensor, real: Tensor, floor_sets: FloorSets | None = None, floors: dict[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
     """SWD and MMD of generated vs real samples, each beside its floor (`floor_metrics` of `floor_sets`, or the
     `floors` computed before), and `swd_ratio` = swd / swd_floor: 1 in expectation for a model that samples the

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ class LossMonitor:
         steps = [self.steps[int(i)] for i in first if i >= 0]
         self.losses, self.steps = [], []
         if steps:
-            saved = sorted({p for folder in checkpoints for p in folder.glob("*.ckpt")}, key=lambda p: p.stat().st_mtime)
+            saved = sorted(
+                {p for folder in checkpoints for p in folder.glob("*.ckpt")}, key=lambda p: p.stat().st_mtime
+            )
             raise FloatingPointError(
                 f"Non-finite loss at step {min(steps)} (epoch {epoch}): training stopped, the newest good checkpoint "
                 f"is {saved[-1] if saved else 'none saved yet'}; lower the learning rate, clip gradients "

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -20,10 +20,10 @@ def check_arguments(
     label_dropout: float,
     guidance_scale: float,
     val_num_samples: int,
-    sample_metrics: Optional[list[Any]],
-    sample_batch_size: Optional[int],
+    sample_metrics: list[Any] | None,
+    sample_batch_size: int | None,
     sample_shape: tuple[int, ...],
-    num_classes: Optional[int],
+    num_classes: int | None,
 ) -> None:
     """Raise a one-sentence ValueError for the first disagreement; warn where a choice is legal but useless."""
     # an unknown sampler or option is one sentence now, not at the first validation
@@ -45,13 +45,17 @@ def check_arguments(
     if sample_batch_size is not None and sample_batch_size < 1:
         raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {sample_batch_size}.")
     if guidance_scale != 1.0 and label_dropout == 0.0:
-        rank_zero_warn("guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise.")
+        rank_zero_warn(
+            "guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise."
+        )
 
 
 def sample_labels(
-    num_samples: int, class_labels: Union[None, int, Sequence[int], Tensor], num_classes: Optional[int],
+    num_samples: int,
+    class_labels: None | int | Sequence[int] | Tensor,
+    num_classes: int | None,
     device: torch.device,
-) -> Optional[Tensor]:
+) -> Tensor | None:
     """The class labels of `num_samples` samples: as given (one label for all, or one each), every class in turn
     when none are given to a conditional model, None for an unconditional one; one sentence if they do not fit."""
     if not num_classes:

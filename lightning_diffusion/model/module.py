@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, Union
+from typing import Any, ClassVar, Literal, Union
 
 import lightning as L
 import torch
@@ -14,21 +15,21 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from lightning_diffusion import diffusion
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
-from lightning_diffusion.checks import check_arguments, check_held_out, sample_labels
-from lightning_diffusion.diffusion import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.formulations import VP, Formulation
-from lightning_diffusion.evaluation import SampleMetrics
+from lightning_diffusion.formulations import ddpm as diffusion
+from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.lightning_private import is_logging_step
-from lightning_diffusion.training_state import LossMonitor, seed_rank_streams
+from lightning_diffusion.metrics.features import SampleMetrics
+from lightning_diffusion.metrics.validation import HeldOut, request_noise, sample_quality, samples_per_rank
+from lightning_diffusion.model.checks import check_arguments, check_held_out, sample_labels
+from lightning_diffusion.model.loss_monitor import LossMonitor, seed_rank_streams
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 from lightning_diffusion.runs import run_dir
-from lightning_diffusion.sample_quality import HeldOut, request_noise, sample_quality, samples_per_rank
 
 Batch = Union[Tensor, Sequence[Tensor], dict]
 # What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
-DenoiserFactory = Callable[[tuple[int, ...], Optional[int]], nn.Module]
+DenoiserFactory = Callable[[tuple[int, ...], int | None], nn.Module]
 
 
 class DiffusionModule(L.LightningModule):
@@ -80,36 +81,42 @@ class DiffusionModule(L.LightningModule):
 
     # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
     call_options: ClassVar[tuple[str, ...]] = (
-        "sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "sample_seed",
-        "val_num_samples", "sample_metrics", "sample_batch_size",
+        "sampler",
+        "sampler_kwargs",
+        "num_inference_steps",
+        "guidance_scale",
+        "sample_seed",
+        "val_num_samples",
+        "sample_metrics",
+        "sample_batch_size",
     )
 
     def __init__(
         self,
         denoiser: DenoiserFactory,
-        scheduler: Optional[SchedulerMixin] = None,
+        scheduler: SchedulerMixin | None = None,
         prediction_type: PredictionType = "epsilon",
         loss_weighting: LossWeighting = "uniform",
         min_snr_gamma: float = 5.0,
-        formulation: Optional[Formulation] = None,
-        sampler: Optional[str] = None,
-        sampler_kwargs: Optional[dict[str, Any]] = None,
-        num_inference_steps: Optional[int] = None,
+        formulation: Formulation | None = None,
+        sampler: str | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         label_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         val_num_samples: int = 0,
-        sample_metrics: Optional[list[SampleMetrics]] = None,
-        sample_batch_size: Optional[int] = None,
+        sample_metrics: list[SampleMetrics] | None = None,
+        sample_batch_size: int | None = None,
         sample_seed: int = 0,
         compile: bool = False,
         sample_shape: tuple[int, ...] = (2,),
-        num_classes: Optional[int] = None,
-        class_names: Optional[list[str]] = None,
-        data_mean: Optional[list[float]] = None,
-        data_std: Optional[list[float]] = None,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        data_mean: list[float] | None = None,
+        data_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # objects given from Python are dropped just below
@@ -124,10 +131,18 @@ class DiffusionModule(L.LightningModule):
         self.sampler_name = sampler or formulation.default_sampler
         self.num_inference_steps = num_inference_steps or formulation.default_steps
         check_arguments(
-            denoiser, formulation, sampler=self.sampler_name, sampler_kwargs=dict(sampler_kwargs or {}),
-            num_inference_steps=self.num_inference_steps, label_dropout=label_dropout, guidance_scale=guidance_scale,
-            val_num_samples=val_num_samples, sample_metrics=sample_metrics, sample_batch_size=sample_batch_size,
-            sample_shape=tuple(sample_shape), num_classes=num_classes,
+            denoiser,
+            formulation,
+            sampler=self.sampler_name,
+            sampler_kwargs=dict(sampler_kwargs or {}),
+            num_inference_steps=self.num_inference_steps,
+            label_dropout=label_dropout,
+            guidance_scale=guidance_scale,
+            val_num_samples=val_num_samples,
+            sample_metrics=sample_metrics,
+            sample_batch_size=sample_batch_size,
+            sample_shape=tuple(sample_shape),
+            num_classes=num_classes,
         )
 
         self.denoiser = denoiser
@@ -145,14 +160,14 @@ class DiffusionModule(L.LightningModule):
         object.__setattr__(self, "_train_denoiser", denoiser)  # not a submodule: torch.compile may replace it in setup
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
-        self.last_train_loss: Optional[float] = None
+        self.last_train_loss: float | None = None
         # What the sample metrics of the last evaluation generated on this rank, where a callback asked to see it
         # (observe_evaluation): the samples (model space) and the x_T of their first sampling call; else None.
-        self.evaluation_samples: Optional[Tensor] = None
-        self.evaluation_noise: Optional[Tensor] = None
-        self.evaluation_num_samples: Optional[int] = None  # the generated samples the last sample metrics used, all ranks'
-        self._observers: Optional[list[StepCallback]] = None  # asked for this evaluation's samples and steps
-        self._recorded: Optional[list[Tensor]] = None  # what sample() returns while the metrics generate, if asked
+        self.evaluation_samples: Tensor | None = None
+        self.evaluation_noise: Tensor | None = None
+        self.evaluation_num_samples: int | None = None  # the generated samples the last sample metrics used, all ranks'
+        self._observers: list[StepCallback] | None = None  # asked for this evaluation's samples and steps
+        self._recorded: list[Tensor] | None = None  # what sample() returns while the metrics generate, if asked
 
     # ---------------------------------------------------------------- sampling
 
@@ -163,15 +178,15 @@ class DiffusionModule(L.LightningModule):
     def sample(
         self,
         num_samples: int,
-        class_labels: Union[None, int, Sequence[int], Tensor] = None,
-        num_inference_steps: Optional[int] = None,
-        sampler: Optional[str] = None,
-        generator: Optional[torch.Generator] = None,
-        guidance_scale: Optional[float] = None,
-        callback: Optional[StepCallback] = None,
+        class_labels: None | int | Sequence[int] | Tensor = None,
+        num_inference_steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        guidance_scale: float | None = None,
+        callback: StepCallback | None = None,
         data_space: bool = True,
-        noise: Optional[Tensor] = None,
-        sampler_kwargs: Optional[dict[str, Any]] = None,
+        noise: Tensor | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
     ) -> Tensor:
         """Generate `num_samples` samples (in data space unless `data_space=False`).
 
@@ -191,13 +206,22 @@ class DiffusionModule(L.LightningModule):
         self.eval()
         try:
             net = partial(
-                diffusion.guided_output, self.denoiser, class_labels=labels, null_label=self.num_classes,
+                diffusion.guided_output,
+                self.denoiser,
+                class_labels=labels,
+                null_label=self.num_classes,
                 guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
             )
             options = self.hparams.sampler_kwargs if sampler_kwargs is None else sampler_kwargs
             x0 = self.formulation.sample(
-                net, noise, sampler or self.sampler_name, num_inference_steps or self.num_inference_steps,
-                dict(options or {}), generator=generator, callback=callback, image_like=len(self.sample_shape) > 1,
+                net,
+                noise,
+                sampler or self.sampler_name,
+                num_inference_steps or self.num_inference_steps,
+                dict(options or {}),
+                generator=generator,
+                callback=callback,
+                image_like=len(self.sample_shape) > 1,
             )
         finally:
             self.train(was_training)
@@ -245,7 +269,7 @@ class DiffusionModule(L.LightningModule):
         index = torch.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).long().tolist()
         return self._unpack(default_collate([dataset[i] for i in index]))[0].to(self.device)
 
-    def _unpack(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
+    def _unpack(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         if isinstance(batch, dict):
             x, y = batch["x"], batch.get("y")
         elif isinstance(batch, (tuple, list)):
@@ -255,14 +279,16 @@ class DiffusionModule(L.LightningModule):
         if not self.num_classes:
             return x, None
         if y is None:
-            raise ValueError(f"The model is conditional (num_classes={self.num_classes}) but the batches carry no labels.")
+            raise ValueError(
+                f"The model is conditional (num_classes={self.num_classes}) but the batches carry no labels."
+            )
         return x, y
 
-    def forward(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.denoiser(x_t, t, class_labels)
 
     def _loss(
-        self, x0: Tensor, y: Optional[Tensor], generator: Optional[torch.Generator] = None, denoiser: Optional[nn.Module] = None
+        self, x0: Tensor, y: Tensor | None, generator: torch.Generator | None = None, denoiser: nn.Module | None = None
     ) -> Tensor:
         """The formulation's loss; with `generator`, fixed times and noise: a validation loss comparable across epochs."""
         return self.formulation.loss(self.denoiser if denoiser is None else denoiser, x0, y, generator)
@@ -316,7 +342,7 @@ class DiffusionModule(L.LightningModule):
         held_out = sum(len(x) for x in self._held_out.points)
         return samples_per_rank(self.hparams.val_num_samples, self.trainer.world_size, held_out)
 
-    def observe_evaluation(self, callback: Optional[StepCallback] = None) -> None:
+    def observe_evaluation(self, callback: StepCallback | None = None) -> None:
         """Keeps what the sample metrics at the end of the evaluation in progress generate on this rank, for a callback
         to show instead of sampling again (callbacks.SamplePlot, TrajectoryPlot): `evaluation_samples` and
         `evaluation_noise`, from the module's `on_*_epoch_end` until the next evaluation; `callback(i, t, x_t, x0_pred)`,
@@ -344,7 +370,7 @@ class DiffusionModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_sample_quality("test")
 
-    def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Optional[Tensor]]:
+    def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor | None]:
         """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""
         requested, indices = batch
         labels = requested.long() if self.num_classes else None
@@ -362,7 +388,7 @@ class DiffusionModule(L.LightningModule):
         return configure_optimizers(self)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Union[str, Path], *args: Any, **kwargs: Any) -> "DiffusionModule":
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> DiffusionModule:
         """Lightning's load_from_checkpoint, after checking the file holds a DiffusionModule (one sentence if not)
         and bringing older checkpoints' hyperparameters up to date (checkpoints.upgrade_hparams)."""
         hparams = check_checkpoint(checkpoint_path, "DiffusionModule")
@@ -372,8 +398,11 @@ class DiffusionModule(L.LightningModule):
 
 
 def resolve_formulation(
-    formulation: Optional[Formulation], scheduler: Optional[SchedulerMixin], prediction_type: PredictionType,
-    loss_weighting: LossWeighting, min_snr_gamma: float,
+    formulation: Formulation | None,
+    scheduler: SchedulerMixin | None,
+    prediction_type: PredictionType,
+    loss_weighting: LossWeighting,
+    min_snr_gamma: float,
 ) -> Formulation:
     """The model's formulation: the one given, or VP over `scheduler` (the arguments of DDPM runs and checkpoints)."""
     if formulation is None:
@@ -383,8 +412,12 @@ def resolve_formulation(
                 "or model.formulation (e.g. lightning_diffusion.formulations.EDM), or --config configs/<experiment>.yaml."
             )
         return VP(scheduler, prediction_type, loss_weighting, min_snr_gamma)
-    vp_options = {"scheduler": scheduler is not None, "prediction_type": prediction_type != "epsilon",
-                  "loss_weighting": loss_weighting != "uniform", "min_snr_gamma": min_snr_gamma != 5.0}
+    vp_options = {
+        "scheduler": scheduler is not None,
+        "prediction_type": prediction_type != "epsilon",
+        "loss_weighting": loss_weighting != "uniform",
+        "min_snr_gamma": min_snr_gamma != 5.0,
+    }
     given = [name for name, set_ in vp_options.items() if set_]
     if given:
         raise ValueError(
@@ -395,7 +428,7 @@ def resolve_formulation(
     return formulation
 
 
-def _all_of(callbacks: list[StepCallback]) -> Optional[StepCallback]:
+def _all_of(callbacks: list[StepCallback]) -> StepCallback | None:
     """One step callback that calls each of `callbacks` in turn (None if there are none)."""
     if len(callbacks) <= 1:
         return callbacks[0] if callbacks else None

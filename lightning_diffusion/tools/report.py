@@ -7,8 +7,9 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -68,7 +69,9 @@ def _format(value: Any, spread: Any = None) -> str:
         return "-"
     if isinstance(value, float):
         text = f"{value:.4g}"
-        return text if spread is None or (isinstance(spread, float) and math.isnan(spread)) else f"{text} ± {spread:.2g}"
+        return (
+            text if spread is None or (isinstance(spread, float) and math.isnan(spread)) else f"{text} ± {spread:.2g}"
+        )
     return str(value)
 
 
@@ -82,7 +85,7 @@ def markdown_table(columns: list[str], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def plotted_metrics(columns: list[str]) -> list[tuple[str, Optional[str], float]]:
+def plotted_metrics(columns: list[str]) -> list[tuple[str, str | None, float]]:
     """(metric, its floor column or None, constant reference line) for each curve panel: SWD as its ratio to the
     floor (reference 1), every other metric that has a floor (or, for accuracy, the real set's) beside it."""
     panels = []
@@ -100,7 +103,7 @@ def plotted_metrics(columns: list[str]) -> list[tuple[str, Optional[str], float]
     return panels
 
 
-def curves_figure(rows: list[Row], columns: list[str], x: str, lines_by: list[str], title: str) -> Optional[Figure]:
+def curves_figure(rows: list[Row], columns: list[str], x: str, lines_by: list[str], title: str) -> Figure | None:
     """Each metric against `x`, one line per value of `lines_by` (mean, with the seeds' standard deviation as
     error bars), beside a dashed line at its floor; None if no line has two points."""
     varying = [key for key in lines_by if len({row.get(key) for row in rows}) > 1] or lines_by[:1]
@@ -113,16 +116,33 @@ def curves_figure(rows: list[Row], columns: list[str], x: str, lines_by: list[st
     panels = plotted_metrics(columns)
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
-    for ax, (metric, floor, reference) in zip(axes, panels):
-        for key, group in sorted(lines.items(), key=lambda item: [(isinstance(v, str), v if not isinstance(v, str) else 0, str(v)) for v in item[0]]):
+    for ax, (metric, floor, reference) in zip(axes, panels, strict=False):
+        for key, group in sorted(
+            lines.items(),
+            key=lambda item: [(isinstance(v, str), v if not isinstance(v, str) else 0, str(v)) for v in item[0]],
+        ):
             group = sorted((row for row in group if row.get(metric) is not None), key=lambda row: row[x])
-            label = ", ".join(f"{k}={v}" if k not in ("sampler", "run") else str(v) for k, v in zip(varying, key))
-            ax.errorbar([row[x] for row in group], [row[metric] for row in group],
-                        yerr=[row.get(f"{metric}_std") or 0.0 for row in group], marker="o", capsize=3, label=label)
+            label = ", ".join(
+                f"{k}={v}" if k not in ("sampler", "run") else str(v) for k, v in zip(varying, key, strict=False)
+            )
+            ax.errorbar(
+                [row[x] for row in group],
+                [row[metric] for row in group],
+                yerr=[row.get(f"{metric}_std") or 0.0 for row in group],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         floors = [row[floor] for row in rows if floor and row.get(floor) is not None]
         level = float(np.mean(floors)) if floors else reference
         if not math.isnan(level):
-            ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="floor" if floor is None or "_floor" in floor else "real")
+            ax.axhline(
+                level,
+                color="gray",
+                linestyle="--",
+                linewidth=1,
+                label="floor" if floor is None or "_floor" in floor else "real",
+            )
         values = [row[metric] for row in rows if row.get(metric) is not None]
         if values and min(values) > 0 and max(values) > 20 * min(values):  # e.g. ratios from 1 to 30
             ax.set_yscale("log")
@@ -153,16 +173,25 @@ def write_summaries(folder: Path, columns: list[str], rows: list[Row], meta: dic
         fig = curves_figure(rows, columns, x, lines_by, f"{meta['experiment']}: quality against {x}")
         if fig is not None:
             plots.append(save_figure(fig, folder / name))
-    text = (f"# {meta['experiment']}: {folder.name}\n\n`{meta['command']}`\n\n{meta['details']}\n\n"
-            f"{markdown_table(columns, rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
+    text = (
+        f"# {meta['experiment']}: {folder.name}\n\n`{meta['command']}`\n\n{meta['details']}\n\n"
+        f"{markdown_table(columns, rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+    )
     (folder / "results.md").write_text(text)
     return plots
 
 
-def log_to_wandb(project: str, folder: Path, experiment: str, columns: list[str], rows: list[Row], plots: list[Path]) -> None:
+def log_to_wandb(
+    project: str, folder: Path, experiment: str, columns: list[str], rows: list[Row], plots: list[Path]
+) -> None:
     """The results table and the plots as one W&B run (online with credentials, offline otherwise) in the eval folder."""
-    logger = WandbLogger(project=project, name=f"{experiment}/{folder.name}", group=experiment,
-                         tags=[experiment, "evaluate"], save_dir=str(folder))
+    logger = WandbLogger(
+        project=project,
+        name=f"{experiment}/{folder.name}",
+        group=experiment,
+        tags=[experiment, "evaluate"],
+        save_dir=str(folder),
+    )
     logger.log_table("evaluate/results", columns=columns, data=[[row.get(c) for c in columns] for row in rows])
     for path in plots:
         logger.log_image(f"evaluate/{path.stem}", images=[str(path)])

@@ -1,28 +1,33 @@
-"""`predict` output: the generated samples, in data space, as samples.npz (+ PNG grids for images) in the run folder."""
+"""What `predict`, `validate` and `test` leave in the run folder: samples.npz (and PNG grids of images), metrics_<stage>.json."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
-from lightning_diffusion.runs import free_path, run_dir
 from lightning_diffusion.plotting import image_grid
+from lightning_diffusion.runs import free_path, run_dir
 
 
 def sampling_record(module: L.LightningModule) -> dict[str, np.ndarray]:
     """What made the samples, as 0-d arrays of samples.npz (also where the config left the sampler to the
     formulation): ``sampler``, ``num_inference_steps``, ``guidance_scale``."""
-    return {"sampler": np.array(module.sampler_name), "num_inference_steps": np.array(module.num_inference_steps),
-            "guidance_scale": np.array(float(module.hparams.guidance_scale))}
+    return {
+        "sampler": np.array(module.sampler_name),
+        "num_inference_steps": np.array(module.num_inference_steps),
+        "guidance_scale": np.array(float(module.hparams.guidance_scale)),
+    }
 
 
 class SampleWriter(BasePredictionWriter):
@@ -91,3 +96,36 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+class MetricsWriter(Callback):
+    """After `validate` or `test` (not the validations inside `fit`), writes run_dir/metrics_<stage>.json: every
+    logged metric (already reduced over ranks), the sampler, its steps, the guidance scale, the number of samples the
+    sample metrics used and the checkpoint (the sampling fields are null for models that do not sample)."""
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        hparams = pl_module.hparams
+        record = {
+            "stage": stage,
+            "checkpoint": trainer.ckpt_path,
+            # what sampled, also where the config left it to the formulation (the hparams hold None there)
+            "sampler": getattr(pl_module, "sampler_name", hparams.get("sampler")),
+            "num_inference_steps": getattr(pl_module, "num_inference_steps", hparams.get("num_inference_steps")),
+            "guidance_scale": hparams.get("guidance_scale"),
+            # the samples the sample metrics used (val_num_samples, rounded down to a multiple of the ranks)
+            "num_samples": getattr(pl_module, "evaluation_num_samples", None),
+            "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
+        }
+        path = free_path(run_dir(trainer) / f"metrics_{stage}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+        rank_zero_info(f"Wrote {stage} metrics to {path}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "test")

@@ -7,7 +7,8 @@ Everything here runs in float32, whatever the autocast context of the denoiser.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +92,9 @@ def diffusion_loss(
     prediction_type: PredictionType = "epsilon",
     weighting: LossWeighting = "uniform",
     min_snr_gamma: float = 5.0,
-    class_labels: Optional[Tensor] = None,
-    t: Optional[Tensor] = None,
-    eps: Optional[Tensor] = None,
+    class_labels: Tensor | None = None,
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
 ) -> Tensor:
     """The simple loss of Ho et al. 2020 (eq. 14), for any target and weighting, as a scalar.
 
@@ -116,9 +117,9 @@ def guided_output(
     denoiser: nn.Module,
     x_t: Tensor,
     t: Tensor,
-    class_labels: Optional[Tensor],
+    class_labels: Tensor | None,
     guidance_scale: float,
-    null_label: Optional[int],
+    null_label: int | None,
 ) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out_uncond + s (out_cond - out_uncond).
 
@@ -146,7 +147,10 @@ def predict_eps(model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, predicti
 
 # ---------------------------------------------------------------- the reverse process, from the formulas
 
-def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
+
+def inference_timesteps(
+    num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", offset: int = 0
+) -> list[int]:
     """The timesteps of a shorter reverse process, decreasing, spaced as Lin et al. 2024 (Table 2) name it."""
     T, n = num_train_timesteps, num_inference_steps
     if spacing == "leading":
@@ -161,8 +165,14 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spac
 
 
 def ddpm_step(
-    model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, alpha_bar_prev: Tensor, prediction_type: PredictionType,
-    noise: Optional[Tensor], clip: Optional[float] = None, large_variance: bool = False,
+    model_output: Tensor,
+    x_t: Tensor,
+    alpha_bar_t: Tensor,
+    alpha_bar_prev: Tensor,
+    prediction_type: PredictionType,
+    noise: Tensor | None,
+    clip: float | None = None,
+    large_variance: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One ancestral step x_t -> x_{t-1} of Ho et al. 2020 and the x0 estimate it used.
 
@@ -187,8 +197,14 @@ def ddpm_step(
 
 
 def ddim_step(
-    model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, alpha_bar_prev: Tensor, prediction_type: PredictionType,
-    noise: Optional[Tensor] = None, eta: float = 0.0, clip: Optional[float] = None,
+    model_output: Tensor,
+    x_t: Tensor,
+    alpha_bar_t: Tensor,
+    alpha_bar_prev: Tensor,
+    prediction_type: PredictionType,
+    noise: Tensor | None = None,
+    eta: float = 0.0,
+    clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One step of Song et al. 2021 (eq. 12) and the x0 estimate it used:
     x_prev = sqrt(alpha_bar_prev) x0 + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z, with
@@ -212,9 +228,9 @@ def sample(
     sampler: Any,
     noise: Tensor,
     num_inference_steps: int,
-    generator: Optional[torch.Generator] = None,
-    callback: Optional[StepCallback] = None,
-    to_x0: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    to_x0: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     end_time: float = 0.0,
 ) -> Tensor:
     """The reverse process x_T -> x_0 of a diffusers scheduler: the `Sampler` that samplers.build_sampler (or a

@@ -1,7 +1,7 @@
 """Research tools over any experiment config: the noise schedule and the forward process on real data.
 
-    python -m lightning_diffusion.inspect --config configs/moons.yaml
-    python -m lightning_diffusion.inspect --config configs/mnist.yaml --timesteps 0 50 100 250 500 999
+    python -m lightning_diffusion.tools.inspect --config configs/moons.yaml
+    python -m lightning_diffusion.tools.inspect --config configs/mnist.yaml --timesteps 0 50 100 250 500 999
 
 Writes under <output_dir>/<experiment>/inspect/: schedule.png (alpha_bar and log SNR over t), l2_dynamics.png
 and l2_dynamics.csv (E||x_t||^2 / d over t measured on real training batches against the theory
@@ -21,11 +21,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
-from lightning_diffusion import diffusion
 from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.formulations import VP
-from lightning_diffusion.runs import free_path
+from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.plotting import image_grid, save_figure
+from lightning_diffusion.runs import free_path
 
 
 def l2_dynamics(x0: Tensor, alphas_cumprod: Tensor, timesteps: list[int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -119,7 +119,9 @@ def _inspect(argv: list[str] | None) -> Path:
     folder = Path(args.output_dir) / cli.config.experiment / "inspect"
     folder.mkdir(parents=True, exist_ok=True)
     scheduler = model.formulation.scheduler
-    name = f"{cli.config.experiment}: {type(scheduler).__name__} {scheduler.config.beta_schedule}, T={len(alphas_cumprod)}"
+    name = (
+        f"{cli.config.experiment}: {type(scheduler).__name__} {scheduler.config.beta_schedule}, T={len(alphas_cumprod)}"
+    )
     save_figure(schedule_figure(alphas_cumprod, name), free_path(folder / "schedule.png"))
 
     x0 = real_batch(data, args.num_samples)
@@ -131,12 +133,17 @@ def _inspect(argv: list[str] | None) -> Path:
     if x0.ndim == 4:  # images: rows are images, columns the timesteps
         images = x0[:4]
         frames = [
-            diffusion.q_sample(images, torch.randn(images.shape, generator=torch.Generator().manual_seed(0)),
-                               diffusion.alpha_bar_at(alphas_cumprod, torch.full((len(images),), t), images))
+            diffusion.q_sample(
+                images,
+                torch.randn(images.shape, generator=torch.Generator().manual_seed(0)),
+                diffusion.alpha_bar_at(alphas_cumprod, torch.full((len(images),), t), images),
+            )
             for t in args.timesteps
         ]
         grid = torch.stack(frames, 1).flatten(0, 1)  # (4 * T, C, H, W), row-major per image
-        save_image(image_grid(model.to_data_space(grid), nrow=len(args.timesteps)), free_path(folder / "forward_process.png"))
+        save_image(
+            image_grid(model.to_data_space(grid), nrow=len(args.timesteps)), free_path(folder / "forward_process.png")
+        )
     worst = np.abs(curves["measured"] - curves["theory"]).max()
     print(f"Wrote {folder}: max |measured - theory| of E||x_t||^2/d = {worst:.4f} over {len(curves['t'])} timesteps")
     return folder

@@ -10,13 +10,14 @@ any metric, so every rank computes, and logs, the global value.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_diffusion.metrics import distribution_metrics
+from lightning_diffusion.metrics.distances import distribution_metrics
 
 FLOOR_DRAWS = 8  # independent real sets whose mean distance is the floor (metrics.floor_metrics says why)
 
@@ -29,13 +30,13 @@ class HeldOut:
         self.points: list[Tensor] = []
         self.labels: list[Tensor] = []
 
-    def collect(self, x: Tensor, y: Optional[Tensor]) -> None:
+    def collect(self, x: Tensor, y: Tensor | None) -> None:
         if self.num_samples and sum(len(p) for p in self.points) < 2 * self.num_samples:
             self.points.append(x.detach())
             if y is not None:
                 self.labels.append(y.detach())
 
-    def take(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def take(self) -> tuple[Tensor | None, Tensor | None]:
         """The collected points and labels (None if none), emptying the collection for the next evaluation."""
         points, labels = self.points, self.labels
         self.points, self.labels = [], []
@@ -43,25 +44,34 @@ class HeldOut:
 
 
 def sample_batches(
-    module: L.LightningModule, num_samples: int, batch_size: Optional[int], labels: Optional[Tensor],
-    generator: torch.Generator, **options: Any,
+    module: L.LightningModule,
+    num_samples: int,
+    batch_size: int | None,
+    labels: Tensor | None,
+    generator: torch.Generator,
+    **options: Any,
 ) -> Iterator[Tensor]:
     """`num_samples` samples in model space, `batch_size` at a time (None: all at once), with the class `labels`, all
     drawn from one `generator`; `options` go to `module.sample` (sampler, num_inference_steps, guidance_scale)."""
     chunk = batch_size or max(num_samples, 1)
     for start in range(0, num_samples, chunk):
-        yield module.sample(min(chunk, num_samples - start), generator=generator, data_space=False,
-                            class_labels=None if labels is None else labels[start : start + chunk], **options)
+        yield module.sample(
+            min(chunk, num_samples - start),
+            generator=generator,
+            data_space=False,
+            class_labels=None if labels is None else labels[start : start + chunk],
+            **options,
+        )
 
 
-def generate(module: L.LightningModule, num_samples: int, labels: Optional[Tensor]) -> Tensor:
+def generate(module: L.LightningModule, num_samples: int, labels: Tensor | None) -> Tensor:
     """`num_samples` samples (model space) with the class `labels`, in chunks of `sample_batch_size`; each rank its
     own noise (the seed offset by the rank), the same at every evaluation."""
     generator = torch.Generator().manual_seed(module.hparams.sample_seed + 7919 * module.global_rank)
     return torch.cat(list(sample_batches(module, num_samples, module.hparams.sample_batch_size, labels, generator)))
 
 
-def floor_sets(datamodule: Any, real: Tensor, real_floor: Optional[Tensor], labels: Optional[Tensor]) -> list[Tensor]:
+def floor_sets(datamodule: Any, real: Tensor, real_floor: Tensor | None, labels: Tensor | None) -> list[Tensor]:
     """The sets the floor compares with `real`: FLOOR_DRAWS independent draws of the data distribution with the
     classes `labels` where `datamodule` makes them, else the held-out `real_floor`."""
     draw = getattr(datamodule, "independent_draws", None)
@@ -74,7 +84,9 @@ def request_noise(indices: Tensor, seed: int, sample_shape: tuple[int, ...]) -> 
     """The x_T of `predict`'s requested samples (data.SampleRequests): sample i of seed s has its own, however the
     requests are split over batches and devices; and the generator of a stochastic sampler's noise."""
     base = seed << 32
-    noise = torch.stack([torch.randn(sample_shape, generator=torch.Generator().manual_seed(base + int(i))) for i in indices])
+    noise = torch.stack(
+        [torch.randn(sample_shape, generator=torch.Generator().manual_seed(base + int(i))) for i in indices]
+    )
     return noise, torch.Generator().manual_seed(base + int(indices[0]))
 
 
@@ -84,7 +96,7 @@ def samples_per_rank(num_samples: int, world_size: int, held_out: int) -> int:
     return min(num_samples // world_size, held_out // 2)
 
 
-def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Tensor]) -> tuple[dict[str, Tensor], int]:
+def sample_quality(module: L.LightningModule, real: Tensor, labels: Tensor | None) -> tuple[dict[str, Tensor], int]:
     """SWD and MMD with their floors, and the module's image `sample_metrics`, the same on every rank; and the number
     of generated samples they used, all ranks' (`val_num_samples`, rounded down to a multiple of the ranks)."""
     trainer = module.trainer
@@ -95,7 +107,7 @@ def sample_quality(module: L.LightningModule, real: Tensor, labels: Optional[Ten
     labels_b = labels[m : 2 * m] if labels is not None else None
     generated = generate(module, m, labels_a)
 
-    def gather(x: Optional[Tensor]) -> Optional[Tensor]:
+    def gather(x: Tensor | None) -> Tensor | None:
         return module.all_gather(x).flatten(0, 1) if x is not None and trainer.world_size > 1 else x
 
     real_a, real_b, generated, labels_a, labels_b = map(gather, (real_a, real_b, generated, labels_a, labels_b))

@@ -1,6 +1,6 @@
 """Export a trained image checkpoint to diffusers.
 
-    python -m lightning_diffusion.export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
+    python -m lightning_diffusion.tools.export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
 
 An unconditional VP (DDPM) model becomes a `DDPMPipeline` folder (`DDPMPipeline.from_pretrained(folder)` samples
 it); a conditional one, and any EDM or flow-matching model, saves its `unet/` and the matching `scheduler/`
@@ -23,7 +23,7 @@ from diffusers import DDPMPipeline
 from lightning_diffusion.checkpoints import check_checkpoint
 from lightning_diffusion.errors import one_line_errors
 from lightning_diffusion.formulations import VP
-from lightning_diffusion.module import DiffusionModule
+from lightning_diffusion.model.module import DiffusionModule
 
 
 def export(checkpoint: Path, folder: Path) -> Path:
@@ -43,7 +43,9 @@ def export(checkpoint: Path, folder: Path) -> Path:
     model = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
     unet = getattr(model.denoiser, "unet", None)
     if unet is None:
-        raise ValueError(f"The denoiser {type(model.denoiser).__name__} is not a UNetDenoiser: only image UNets export to diffusers.")
+        raise ValueError(
+            f"The denoiser {type(model.denoiser).__name__} is not a UNetDenoiser: only image UNets export to diffusers."
+        )
     scheduler = model.formulation.diffusers_scheduler()
     vp = isinstance(model.formulation, VP)
     partial = folder.with_name(f".{folder.name}.partial{os.getpid()}")

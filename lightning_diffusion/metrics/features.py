@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_diffusion.checkpoints import check_checkpoint, first_readable
-from lightning_diffusion.classifier import ImageClassifier
+from lightning_diffusion.metrics.classifier import ImageClassifier
 from lightning_diffusion.runs import checkpoints_in
 
-INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_PATH = "data/weights/weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -43,12 +44,12 @@ class FeatureStats:
     def __init__(self, kid_max_samples: int = 10_000) -> None:
         self.kid_max_samples = kid_max_samples
         self.count = 0
-        self.sum: Optional[Tensor] = None
-        self.outer_sum: Optional[Tensor] = None
+        self.sum: Tensor | None = None
+        self.outer_sum: Tensor | None = None
         self.kid_features: list[Tensor] = []
         self.hits, self.labelled = 0, 0
 
-    def add(self, features: Tensor, logits: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> None:
+    def add(self, features: Tensor, logits: Tensor | None = None, labels: Tensor | None = None) -> None:
         features = features.double()
         if self.sum is None:
             self.sum = features.new_zeros(features.shape[1])
@@ -66,11 +67,13 @@ class FeatureStats:
     def moments(self) -> tuple[Tensor, Tensor]:
         """The mean and the unbiased covariance of the features."""
         if self.count < 2:
-            raise ValueError(f"A Frechet distance needs at least 2 samples in each set, got {self.count}: use more samples.")
+            raise ValueError(
+                f"A Frechet distance needs at least 2 samples in each set, got {self.count}: use more samples."
+            )
         mean = self.sum / self.count
         return mean, (self.outer_sum - self.count * torch.outer(mean, mean)) / (self.count - 1)
 
-    def accuracy(self) -> Optional[Tensor]:
+    def accuracy(self) -> Tensor | None:
         return torch.tensor(self.hits / self.labelled, dtype=torch.float64) if self.labelled else None
 
 
@@ -94,7 +97,10 @@ def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
 def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int = 50) -> Tensor:
     """Unbiased squared MMD with the cubic polynomial kernel (KID), averaged over random subsets, by torchmetrics."""
     kid = KernelInceptionDistance(
-        feature=_PrecomputedFeatures(x.shape[1]), subsets=subsets, subset_size=min(subset_size, len(x), len(y)), sync_on_compute=False
+        feature=_PrecomputedFeatures(x.shape[1]),
+        subsets=subsets,
+        subset_size=min(subset_size, len(x), len(y)),
+        sync_on_compute=False,
     ).to(x.device)
     kid.update(x, real=True)
     kid.update(y.to(x.device), real=False)
@@ -115,7 +121,11 @@ class SampleMetrics:
     """
 
     names = {
-        "fd": "fd", "fd_floor": "fd_floor", "kid": "kid", "kid_floor": "kid_floor", "accuracy": "accuracy",
+        "fd": "fd",
+        "fd_floor": "fd_floor",
+        "kid": "kid",
+        "kid_floor": "kid_floor",
+        "accuracy": "accuracy",
         "accuracy_real": "accuracy_real",
     }
 
@@ -130,16 +140,16 @@ class SampleMetrics:
     def setup(self, device: torch.device) -> None:
         """Load the feature extractor onto `device`; raise a one-sentence error before long work if it cannot."""
 
-    def check(self, sample_shape: tuple[int, ...], num_classes: Optional[int]) -> None:
+    def check(self, sample_shape: tuple[int, ...], num_classes: int | None) -> None:
         """One sentence if the extractor cannot score samples of this shape and classes (after `setup`)."""
 
-    def _features(self, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def _features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """(features, logits or None) of images in data space [0, 1], (N, C, H, W)."""
         raise NotImplementedError
 
     @torch.no_grad()
     def accumulate(
-        self, images: Tensor, labels: Optional[Tensor] = None, stats: Optional[FeatureStats] = None
+        self, images: Tensor, labels: Tensor | None = None, stats: FeatureStats | None = None
     ) -> FeatureStats:
         """Adds images in data space (N, C, H, W), `batch_size` at a time, and their asked-for `labels` to `stats`
         (a new FeatureStats if None), which it returns."""
@@ -163,11 +173,17 @@ class SampleMetrics:
         return {self.names[name]: value for name, value in metrics.items() if value is not None and name in self.names}
 
     def evaluate(
-        self, generated: Tensor, real: Tensor, real_floor: Tensor, generated_labels: Optional[Tensor] = None,
-        real_floor_labels: Optional[Tensor] = None,
+        self,
+        generated: Tensor,
+        real: Tensor,
+        real_floor: Tensor,
+        generated_labels: Tensor | None = None,
+        real_floor_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
         return self.scores(
-            self.accumulate(generated, generated_labels), self.accumulate(real), self.accumulate(real_floor, real_floor_labels)
+            self.accumulate(generated, generated_labels),
+            self.accumulate(real),
+            self.accumulate(real_floor, real_floor_labels),
         )
 
 
@@ -188,12 +204,15 @@ class InceptionMetrics(SampleMetrics):
     names = {"fd": "fid", "fd_floor": "fid_floor", "kid": "kid", "kid_floor": "kid_floor"}
 
     def __init__(
-        self, weights_path: str = INCEPTION_PATH, batch_size: int = 100, kid_subset_size: int = 100,
+        self,
+        weights_path: str = INCEPTION_PATH,
+        batch_size: int = 100,
+        kid_subset_size: int = 100,
         kid_max_samples: int = 10_000,
     ) -> None:
         super().__init__(batch_size, kid_subset_size, kid_max_samples)
         self.weights_path = Path(weights_path)
-        self._inception: Optional[nn.Module] = None
+        self._inception: nn.Module | None = None
 
     def prepare(self) -> None:
         if self.weights_path.is_file():
@@ -220,7 +239,9 @@ class InceptionMetrics(SampleMetrics):
             from torchmetrics.image.fid import NoTrainInceptionV3  # needs torch-fidelity
 
             self._inception = NoTrainInceptionV3(
-                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(self.weights_path)
+                name="inception-v3-compat",
+                features_list=["2048"],
+                feature_extractor_weights_path=str(self.weights_path),
             )
         self._inception.to(device)
 
@@ -231,7 +252,6 @@ class InceptionMetrics(SampleMetrics):
             images = images.expand(-1, 3, -1, -1)
         uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)  # the TF-FID input convention
         return self._inception(uint8), None
-
 
 
 class ClassifierMetrics(SampleMetrics):
@@ -278,7 +298,7 @@ class ClassifierMetrics(SampleMetrics):
             self._classifier = ImageClassifier.load_from_checkpoint(path, map_location="cpu").eval()
         self._classifier.to(device)
 
-    def check(self, sample_shape: tuple[int, ...], num_classes: Optional[int]) -> None:
+    def check(self, sample_shape: tuple[int, ...], num_classes: int | None) -> None:
         """One sentence if the classifier was trained on other data than the model it scores."""
         hparams = self._classifier.hparams
         if tuple(hparams.sample_shape) != tuple(sample_shape) or (num_classes and hparams.num_classes != num_classes):

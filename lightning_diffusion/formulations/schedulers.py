@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import diffusers
 from diffusers import SchedulerMixin
@@ -41,7 +42,8 @@ def check_options(cls: Any, options: dict[str, Any], what: str, also: Sequence[s
     if unknown:
         close = difflib.get_close_matches(unknown[0], accepted, n=1)
         raise ValueError(
-            f"{what} has no option {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            f"{what} has no option {unknown[0]!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
             + (f" (nor {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")
             + f": {cls.__name__} takes {', '.join(accepted)}."
         )
@@ -52,7 +54,7 @@ def build_sampler(
     name: str,
     prediction_type: str,
     image_like: bool,
-    overrides: Optional[dict[str, Any]] = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Sampler:
     """The sampler `name` over the training schedule (its betas and timesteps), for a model of `prediction_type`.
 
@@ -67,8 +69,11 @@ def build_sampler(
     overrides = dict(overrides or {})
     check_options(cls, overrides, f"sampler_kwargs of {name}")
     clip = (
-        schedule_config.get("clip_sample") and schedule_config.get("clip_sample_range", 1.0) == 1.0
-        and "clip_sample" not in options and "thresholding" in options and image_like
+        schedule_config.get("clip_sample")
+        and schedule_config.get("clip_sample_range", 1.0) == 1.0
+        and "clip_sample" not in options
+        and "thresholding" in options
+        and image_like
     )
     kwargs = {"thresholding": True, "sample_max_value": 1.0} if clip else {}
     # A schedule built without some option records it as "defaulted", and from_config would give the sampler its

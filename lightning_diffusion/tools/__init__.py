@@ -1,0 +1,1 @@
+"""The commands beside training: evaluate, compare, export, inspect (`python -m lightning_diffusion <command>`)."""
