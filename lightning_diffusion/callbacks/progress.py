@@ -13,11 +13,9 @@ class LossProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar with the mean training loss of the last logging interval, redrawn at most every
     `min_interval` seconds during training.
 
-    A metric logged with ``prog_bar=True`` is converted to a Python number after every batch, a host sync per
-    step on a GPU; the module instead keeps the loss it already read at its logging step (`last_train_loss`, a
-    float), and the bar shows that. Lightning's bar redraws after every batch (`refresh_rate` 1), which costs
-    more than a step of a small model on a CPU (two formatted lines written per batch); at most ten redraws a
-    second, as tqdm paces itself, and always the epoch's last batch, look the same.
+    A metric logged with ``prog_bar=True`` is read on the host after every batch (a sync per step on a GPU); the
+    bar shows the float the module read at its logging step (`last_train_loss`) instead. Redraws are paced like
+    tqdm's own (`min_interval`), and the epoch's last batch is always drawn.
 
     Args:
         refresh_rate: Redraw after every this many training batches (at most every `min_interval` seconds).

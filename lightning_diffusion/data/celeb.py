@@ -22,7 +22,7 @@ _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reus
 
 
 def _source_files(folder: str) -> list[str]:
-    """The files a local dataset folder is read from: all of a `datasets.save_to_disk` folder, else its parquet files."""
+    """The files of a local dataset folder: all of a `datasets.save_to_disk` folder, else its parquet files."""
     if any(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json")):
         found = glob.glob(os.path.join(glob.escape(folder), "**", "*"), recursive=True)
         return sorted(f for f in found if os.path.isfile(f))

@@ -8,89 +8,15 @@ import pickle
 import shutil
 import zlib
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torchvision import transforms
 from torchvision.datasets import cifar
 
 from lightning_diffusion.data.base import ImageDataModule
-
-ImageDatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
-
-_IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-_IDX_HINT = f"{', '.join(_IDX_FILES[:3])} and {_IDX_FILES[3]} (or their .gz)"
-_IDX_MAGIC = {3: 0x803, 1: 0x801}  # unsigned bytes; 3 dimensions (images) or 1 (labels)
-
-
-def _idx_dims(path: str, ndim: int) -> tuple[int, ...]:
-    """The dimensions in the header of an IDX file of unsigned bytes, after checking its magic number and that the
-    file holds every byte the header announces; one sentence naming the file otherwise."""
-    with open(path, "rb") as file:
-        header = file.read(4 + 4 * ndim)
-        size = os.fstat(file.fileno()).st_size
-    magic = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
-    if magic != _IDX_MAGIC[ndim] or len(header) < 4 + 4 * ndim:
-        found = "it is shorter than its header" if magic is None else f"its magic number is 0x{magic:08x}"
-        raise ValueError(
-            f"{path} is not an IDX file of {'images' if ndim == 3 else 'labels'}: {found}, expected "
-            f"0x{_IDX_MAGIC[ndim]:08x} (unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})"
-        )
-    dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = len(header) + int(np.prod(dims))
-    if size != expected:
-        announced = f"{dims[0]} images of {dims[1]}x{dims[2]}" if ndim == 3 else f"{dims[0]} labels"
-        raise ValueError(
-            f"{path} is {'truncated' if size < expected else 'longer than its header says'}: its header announces "
-            f"{announced} ({expected} bytes) but the file has {size} bytes"
-        )
-    return dims
-
-
-class _TorchvisionSource(NamedTuple):
-    dataset_class: type  # the torchvision dataset
-    name: str
-    folder: str  # under root, where torchvision reads the files
-    files: list[str]  # the files it reads there
-    hint: str  # what to tell the user to put there
-    shape: tuple[int, int, int]
-
-
-_SOURCES = {
-    "mnist": _TorchvisionSource(
-        datasets.MNIST, "MNIST", os.path.join("MNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)
-    ),
-    "fashion_mnist": _TorchvisionSource(
-        datasets.FashionMNIST, "Fashion-MNIST", os.path.join("FashionMNIST", "raw"), _IDX_FILES, _IDX_HINT, (1, 28, 28)
-    ),
-    "cifar10": _TorchvisionSource(
-        datasets.CIFAR10,
-        "CIFAR-10",
-        "cifar-10-batches-py",
-        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
-        "data_batch_1 to data_batch_5, test_batch and batches.meta (the contents of cifar-10-python.tar.gz)",
-        (3, 32, 32),
-    ),
-}
-
-_CLASS_NAMES = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion_mnist": [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-}
+from lightning_diffusion.data.torchvision_files import CLASS_NAMES, SOURCES, ImageDatasetName, idx_dims
 
 
 class _TransformedSubset(Dataset):
@@ -158,12 +84,12 @@ class TorchvisionDataModule(ImageDataModule):
             predict_class_labels,
             random_flip,
         )
-        if dataset not in _SOURCES:
-            raise ValueError(f"Unknown image dataset {dataset!r}: use one of {', '.join(_SOURCES)}.")
+        if dataset not in SOURCES:
+            raise ValueError(f"Unknown image dataset {dataset!r}: use one of {', '.join(SOURCES)}.")
         self.dataset, self.root, self.download, self.labels = dataset, root, download, labels
         self.pad_to_32 = pad_to_32
         self.num_val_samples, self.seed = num_val_samples, seed
-        self.source = _SOURCES[dataset]
+        self.source = SOURCES[dataset]
         self.folder = os.path.join(root, self.source.folder)  # where the files are read from
 
     # The contract with the model: known from the arguments alone, before any data is read.
@@ -174,7 +100,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     @property
     def class_names(self) -> list[str] | None:
-        return _CLASS_NAMES[self.dataset] if self.labels else None
+        return CLASS_NAMES[self.dataset] if self.labels else None
 
     @property
     def data_mean(self) -> list[float]:
@@ -200,8 +126,8 @@ class TorchvisionDataModule(ImageDataModule):
                 os.path.join(self.folder, f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
             )
             try:
-                count, height, width = _idx_dims(images, 3)
-                (num_labels,) = _idx_dims(labels, 1)
+                count, height, width = idx_dims(images, 3)
+                (num_labels,) = idx_dims(labels, 1)
             except ValueError as error:
                 raise ValueError(f"{error}: {self._fix()}.") from error
             if (height, width) != self.source.shape[1:]:
@@ -222,7 +148,7 @@ class TorchvisionDataModule(ImageDataModule):
             ("cifar10", False): "test_batch",
         }.get((self.dataset, split == "train"), f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte")
         where = f"{files} in {self.folder}"
-        classes = len(_CLASS_NAMES[self.dataset])
+        classes = len(CLASS_NAMES[self.dataset])
         if len(targets) != len(dataset.data):
             raise ValueError(f"{where} hold {len(targets)} labels for {len(dataset.data)} images: {self._fix()}.")
         if len(targets) and (targets.min() < 0 or targets.max() >= classes):
@@ -278,8 +204,8 @@ class TorchvisionDataModule(ImageDataModule):
             corrupt = self._corrupt_cifar_files() if self.dataset == "cifar10" else []
             if corrupt:
                 raise ValueError(
-                    f"{', '.join(corrupt)} in {self.folder} {'does' if len(corrupt) == 1 else 'do'} not match the "
-                    f"published checksum{'' if len(corrupt) == 1 else 's'} (truncated or altered): {self._fix()}."
+                    f"{', '.join(corrupt)} in {self.folder}: these files do not match the published checksums "
+                    f"(truncated or altered): {self._fix()}."
                 ) from error
             raise self._error(f"could not be read from {self.folder}", error) from error
         self._check_labels(full_train, "train")

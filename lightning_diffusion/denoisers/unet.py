@@ -24,28 +24,24 @@ class UNetDenoiser(nn.Module):
         attention_head_dim: Channels per attention head.
         norm_num_groups: Groups of the GroupNorms; must divide every entry of ``block_out_channels``.
         dropout: Dropout inside the residual blocks.
-        channels_last: Run the convolutions in ``torch.channels_last`` memory format. Off by default: celeb_cond's
-            UNet ran 14-28% slower with it in eager bf16 on an H200 (notes/benchmarks.md); measure it with compile.
+        channels_last: Run the convolutions in ``torch.channels_last`` memory format (off: see notes/benchmarks.md
+            for its speed on a GPU).
     """
 
     def __init__(
         self,
         sample_shape: tuple[int, ...] = (1, 28, 28),
         num_classes: int | None = None,
-        block_out_channels: list[int] = None,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
         down_block_types: list[str] | None = None,
         up_block_types: list[str] | None = None,
-        attention_levels: list[int] = None,
+        attention_levels: tuple[int, ...] = (),
         layers_per_block: int = 2,
         attention_head_dim: int = 8,
         norm_num_groups: int = 32,
         dropout: float = 0.0,
         channels_last: bool = False,
     ) -> None:
-        if attention_levels is None:
-            attention_levels = []
-        if block_out_channels is None:
-            block_out_channels = [32, 64, 64]
         super().__init__()
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
