@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything here that needs a CUDA GPU, in one go (a lent GPU's time is short), each part under its own time limit:
 #   1. host syncs per training step as CUDA itself counts them (benchmarks/syncs.py --device cuda)
-#   2. the GPU tests (tests/test_gpu.py: bf16/fp16 training, torch.compile, CUDA's sync count per config)
+#   2. the GPU tests (tests/cli/test_gpu.py: bf16/fp16 training, torch.compile, CUDA's sync count per config)
 #   3. training throughput of celeb_cond (benchmarks/throughput.py), at its batch size and at 256 ($BATCHES)
 #   4. the framework's overhead over the plain loop (benchmarks/overhead.py --devices cuda; $CASES)
 # Logs and tables go to $OUT (default outputs/gpu_checks). Wheels in .whl/ (packages the GPU machine lacks, e.g.
@@ -44,7 +44,7 @@ throughput() {  # each batch size of $BATCHES ("config": the config's own)
 export -f throughput
 export OUT
 (cd benchmarks && part syncs 90 python3 syncs.py --device cuda --steps 30 --notes "$OUT/syncs.md")
-part tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rA
+part tests 200 python3 -m pytest -q -p no:cacheprovider tests/cli/test_gpu.py -rA
 (cd benchmarks && part throughput "${THROUGHPUT_S:-300}" bash -c throughput)
 (cd benchmarks && part overhead 240 python3 overhead.py --devices cuda --repeats 3 ${CASES:+--cases $CASES} \
   --notes "$OUT/overhead.md")

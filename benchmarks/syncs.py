@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> str:
 
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo / "tests"))  # the generated datasets of the tests: no download
-    from fakes import make_dataset, write_idx, write_parquet
+    from helpers.fakes import make_dataset, write_idx, write_parquet
 
     parser = argparse.ArgumentParser(description="host syncs per training step, per config")
     parser.add_argument("--configs", nargs="+", default=["moons", "mnist_cond", "celeb_cond"])
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> str:
         ]
     )
     details = (
-        "each config at tiny size on generated data (tests/fakes.py), validation off, fp32 on a CPU and the "
+        "each config at tiny size on generated data (tests/helpers/fakes.py), validation off, fp32 on a CPU and the "
         "config's precision on a GPU; a sync is a call that makes the host wait for a GPU: counted by wrapping "
         "item, bool, tolist, cpu, numpy and the collectives, and on a GPU also by CUDA itself "
         "(torch.cuda.set_sync_debug_mode); the epoch's last batch reads the losses (the non-finite check before "

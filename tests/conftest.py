@@ -3,15 +3,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# One intra-op thread, here and in the CLI processes the tests start (they inherit it). On a 2-core machine shared
-# with other work, two OpenMP threads wait for each other at every small op: a fit of the moons MLP took 50 s with
-# two threads and 3 s with one; test_images, test_evaluation and test_unet 501 s against 70 s (notes/benchmarks.md).
+# One intra-op thread, here and in the CLI processes the tests start (they inherit it): on a small machine shared with
+# other work, two OpenMP threads wait for each other at every small op (notes/benchmarks.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from fakes import make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
+from helpers.fakes import make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if something imported torch before this file
 
@@ -109,8 +108,8 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
     ]
 
 
-# configs/moons.yaml trained long enough to pass tests/quality.py: its v-prediction, EMA and cosine schedule, 24 of its
-# 60 epochs (1872 steps), one validation at the end with 1000 samples of its DDPM sampler in 100 steps.
+# configs/moons.yaml trained long enough to pass tests/helpers/quality.py: its v-prediction, EMA and cosine schedule,
+# 24 of its 60 epochs (1872 steps), one validation at the end with 1000 samples of its DDPM sampler in 100 steps.
 MOONS_EPOCHS = 24
 TRAINED_MOONS = [
     "--config",

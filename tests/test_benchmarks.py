@@ -27,7 +27,12 @@ def test_syncs_small_mode():
     report = load("syncs").main(
         ["--device", "cpu", "--configs", "moons", "--steps", "4", "--log_every_n_steps", "2", "--notes", ""]
     )
-    assert "| moons | cpu | 4 | 2 | 78 | 0 / 4 / - | (a GPU only) |" in report
+    (row,) = [line for line in report.splitlines() if line.startswith("| moons | cpu |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:5] == ["moons", "cpu", "4", "2", "78"] and cells[6] == "(a GPU only)"
+    other, logging, last = cells[5].split(" / ")
+    # no sync in a step that does not log; how many a logging step makes is up to Lightning's logging
+    assert other == "0" and int(logging) > 0 and last == "-"
 
 
 def test_dataloader_small_mode(tmp_path):

@@ -1,8 +1,9 @@
-"""The quality checks of tests/quality.py can fail: real moons and the session's trained model pass them; a Gaussian
-fitted to the data, the trained model read with the wrong target and the same run after half its epochs do not."""
+"""The quality checks of tests/helpers/quality.py can fail: real moons and the session's trained model pass them; a
+Gaussian fitted to the data, the trained model read with the wrong target and the same run after half its epochs do
+not."""
 
 import torch
-from quality import fitted_gaussian, moons_arcs, moons_failures, real_moons, swd_failure
+from helpers.quality import fitted_gaussian, moons_arcs, moons_failures, real_moons, swd_failure
 
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.metrics.distances import sliced_wasserstein

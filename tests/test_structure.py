@@ -26,7 +26,8 @@ FRAGMENT_BASES = {
     "experiments/exp_003/moons_vp.yaml": "moons.yaml",
     "experiments/exp_003/moons_edm.yaml": "moons_edm.yaml",
     "experiments/exp_003/moons_flow.yaml": "moons_flow.yaml",
-    # over the CPU fragments of configs/benchmarks/ too; their bases train through the CLI in test_cli/test_formulations
+    # over the CPU fragments of configs/benchmarks/ too; their bases train through the CLI in test_configs and
+    # test_formulations
     "experiments/exp_003/mnist_vp.yaml": "mnist_cond.yaml",
     "experiments/exp_003/mnist_edm.yaml": "mnist_cond_edm.yaml",
     "experiments/exp_003/mnist_flow.yaml": "mnist_cond_flow.yaml",

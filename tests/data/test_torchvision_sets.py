@@ -1,7 +1,7 @@
 import pytest
 import torch
-from fakes import fake_digits as fake_images
-from fakes import write_idx
+from helpers.fakes import fake_digits as fake_images
+from helpers.fakes import write_idx
 
 from lightning_diffusion.data.torchvision_sets import TorchvisionDataModule
 

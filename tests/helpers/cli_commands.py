@@ -1,9 +1,9 @@
 """Runs several CLI commands one after the other in one process:
 
-    python tests/cli_commands.py '[["fit", ...], ["predict", ...]]'
+    python tests/helpers/cli_commands.py '[["fit", ...], ["predict", ...]]'
 
 Under DDP, Lightning's launcher starts the other ranks once, with this script and its arguments, and the later
-commands reuse the process group: one launch covers fit, predict and validate (tests/test_scale.py)."""
+commands reuse the process group: one launch covers fit, predict and validate (tests/cli/test_scale.py)."""
 
 import json
 import sys

@@ -136,7 +136,7 @@ def test_ddp_fit_predict_and_validate_in_one_launch_match_one_device(tmp_path):
         [*validate, *DDP, "--model.val_num_samples", "1023", "--output_dir", str(tmp_path / "ddp_validate_odd")],
     ]
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "cli_commands.py"), json.dumps(commands)],
+        [sys.executable, str(REPO / "tests" / "helpers" / "cli_commands.py"), json.dumps(commands)],
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from quality import moons_failures, swd_failure
+from helpers.quality import moons_failures, swd_failure
 
 from lightning_diffusion import DiffusionModule
 from lightning_diffusion.data import Toy2DDataModule

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TRAINED_MOONS, TrainedMoons, cpu_overrides
-from quality import moons_failures, swd_failure
+from helpers.quality import moons_failures, swd_failure
 
 from lightning_diffusion import DiffusionModule
 
@@ -13,7 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_and_samples_on_cuda(run_cli, tmp_path, precision):
-    """The session's moons recipe (tests/conftest.py) in mixed precision learns the two moons (tests/quality.py)."""
+    """The session's moons recipe (tests/conftest.py) in mixed precision learns the two moons
+    (tests/helpers/quality.py)."""
     cli = run_cli(
         "fit",
         *TRAINED_MOONS,
@@ -61,7 +62,7 @@ def test_compile_on_cuda_gives_a_plain_checkpoint(run_cli, tmp_path, fake_mnist_
 
 @pytest.mark.parametrize("config", ["moons", "mnist_cond", "celeb_cond"])
 def test_cuda_itself_counts_no_host_sync_outside_the_logging_steps(config, tmp_path, fake_mnist_root, fake_celeb_dir):
-    """What tests/test_multi_gpu.py shows on CPU by wrapping the calls that sync, as CUDA reports it
+    """What tests/cli/test_multi_gpu.py shows on CPU by wrapping the calls that sync, as CUDA reports it
     (torch.cuda.set_sync_debug_mode): 30 training steps in the config's precision, logging every 10, and no
     synchronizing CUDA call in any step but the logging ones and an epoch's last."""
     from syncs import count_syncs, device_overrides

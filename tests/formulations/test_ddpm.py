@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from fakes import PointMassOracle
+from helpers.fakes import PointMassOracle
 
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.schedulers import build_sampler

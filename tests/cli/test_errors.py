@@ -2,9 +2,9 @@
 export) and must end with its exit code, one line `error: ...` holding the expected words, no traceback, and
 nothing written. The cases are data (CASES), shared with the table of notes/reliability.md, which
 
-    python tests/test_errors.py > /tmp/table.md
+    python tests/cli/test_errors.py > /tmp/table.md
 
-fills by running every case in a subprocess of the real CLI (`python tests/test_errors.py WORDS...`: only the cases
+fills by running every case in a subprocess of the real CLI (`python tests/cli/test_errors.py WORDS...`: only the cases
 whose name holds one of the words)."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import datasets
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 from conftest import REPO, cpu_overrides  # noqa: E402
-from fakes import GENDERS, make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
+from helpers.fakes import GENDERS, make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
 from test_signals import SENDER, send  # noqa: E402
 
 MOONS, MNIST_COND = str(REPO / "configs/moons.yaml"), str(REPO / "configs/mnist_cond.yaml")

@@ -273,7 +273,7 @@ def test_diffusers_ddim_matches_the_papers_step(prediction_type, steps, spacing,
 def test_the_papers_steps_recover_the_gaussian():
     """The oracle of a Gaussian N(0.7, 0.5^2) under VP (its exact eps): ancestral DDPM and deterministic DDIM
     recover its mean and standard deviation."""
-    from test_sampler_oracles import GaussianOracle
+    from test_schedulers import GaussianOracle
 
     scheduler = DDPMScheduler(clip_sample=False)
     model = DiffusionModule(
@@ -354,7 +354,7 @@ def test_image_formulations_train_sample_and_export(tmp_path, fake_mnist_root, c
     import json
 
     import diffusers
-    from test_images import fit
+    from helpers.image_runs import fit
 
     from lightning_diffusion.tools.export import export
 

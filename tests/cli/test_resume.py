@@ -1,6 +1,6 @@
 """Resume: `--ckpt_path last` without a checkpoint is one sentence, and an image run with DataLoader workers and
 random flips resumes exactly. The moons proof that 2 + 2 epochs equal 4 straight ones, bit for bit, with the first 2
-stopped by a SIGTERM, is in tests/test_signals.py; the one of a signal sent to a CLI process from outside, there too
+stopped by a SIGTERM, is in tests/cli/test_signals.py; the one of a signal sent to a CLI process from outside, there too
 (under DDP)."""
 
 import pytest

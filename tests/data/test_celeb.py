@@ -8,7 +8,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from fakes import BRIGHT, DARK, GENDERS, make_dataset, write_parquet
+from helpers.fakes import BRIGHT, DARK, GENDERS, make_dataset, write_parquet
 
 from lightning_diffusion.data import celeb
 from lightning_diffusion.data.celeb import CelebFacesDataModule

@@ -284,7 +284,7 @@ def test_ddp_ranks_draw_their_own_noise_and_resume_exactly(tmp_path):
         "false",
         "--output_dir",
         str(tmp_path / "outputs"),
-        "--trainer.callbacks+=rng_record.RecordRngState",
+        "--trainer.callbacks+=helpers.rng_record.RecordRngState",
         f"--trainer.callbacks.folder={tmp_path / 'rng'}",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}

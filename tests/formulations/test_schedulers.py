@@ -208,7 +208,7 @@ def test_default_betas_reach_every_sampler(sampler):
 def test_export_keeps_the_prediction_type(tmp_path, fake_mnist_root):
     """A v-prediction UNet exports a diffusers scheduler that reads its output as v: prediction_type is the model's,
     and the scheduler's x0 from a UNet output is sqrt(a) x_t - sqrt(1 - a) v."""
-    from test_images import MNIST, fit  # the CLI run that test_images exports from, on the generated MNIST files
+    from helpers.image_runs import MNIST, fit
 
     from lightning_diffusion.tools.export import export
 

@@ -1,11 +1,10 @@
-"""The TensorBoard branch of callbacks/common.log_png: plots and grids reach a TensorBoardLogger as images under
-their stable keys. tensorboard is no dependency of the project: the fit through the CLI runs where it is installed;
-the branch itself is checked everywhere with a recording writer."""
+"""The TensorBoard branch of callbacks/artifacts.log_png: plots and grids reach a TensorBoardLogger as images under
+their stable keys, with a recording writer and through the CLI into a real event file (tensorboard is a test
+dependency)."""
 
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 from conftest import REPO
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -39,7 +38,6 @@ def test_log_png_sends_the_png_to_tensorboard_as_an_image(tmp_path):
 
 
 def test_fit_with_a_tensorboard_logger_writes_the_plots_to_its_event_file(run_cli, tmp_path):
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (not a dependency of the project)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # its save_dir is required by the parser; the CLI replaces it by the run folder's <output_dir>/<experiment>

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from fakes import PointMassOracle
+from helpers.fakes import PointMassOracle
 from matplotlib.figure import Figure
 
 from lightning_diffusion import DiffusionModule
