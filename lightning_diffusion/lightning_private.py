@@ -1,7 +1,7 @@
 """Every use of a private Lightning API, in one place; `check()` fails in one sentence when Lightning changes one.
 
-pyproject.toml pins lightning below the next minor release; tests/test_lightning_private.py calls `check()`, so
-that a Lightning upgrade that moves one of these fails there, naming it, rather than deep inside a run.
+pyproject.toml pins lightning below the next minor release; tests/test_structure.py calls `check()`, so that a
+Lightning upgrade that moves one of these fails there, naming it, rather than deep inside a run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.precision import amp
 
 
 def stop_all_ranks(trainer: L.Trainer) -> None:
@@ -21,26 +20,9 @@ def stop_all_ranks(trainer: L.Trainer) -> None:
     trainer._signal_connector.received_sigterm = True
 
 
-def is_logging_step(trainer: L.Trainer) -> bool:
-    """Whether Lightning writes step metrics to the loggers after this training batch (its `log_every_n_steps`
-    condition, on the batches that stepped the optimizer)."""
-    return trainer._logger_connector.should_update_logs
-
-
-def is_last_batch(trainer: L.Trainer) -> bool:
-    """Whether the training batch in progress is the epoch's last."""
-    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-
-
-def refuses_clipping(trainer: L.Trainer, optimizer: Any) -> bool:
-    """Whether Lightning would raise at the first optimizer step because it cannot clip this optimizer's gradients:
-    gradient clipping in mixed precision (16 or bf16) of an optimizer that unscales its gradients itself (a fused
-    one), Lightning's `MixedPrecision.clip_gradients` condition."""
-    return (
-        (trainer.gradient_clip_val or 0) > 0
-        and isinstance(trainer.precision_plugin, amp.MixedPrecision)
-        and amp._optimizer_handles_unscaling(optimizer)
-    )
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The trainer `module` is attached to, or None outside a fit (the public `module.trainer` raises there)."""
+    return module._trainer
 
 
 def averaged_model(callback: WeightAveraging) -> Any:
@@ -51,13 +33,9 @@ def averaged_model(callback: WeightAveraging) -> Any:
 # LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
 _USED = {  # name -> whether a bare Trainer and the classes still have it
     "Trainer._signal_connector.received_sigterm": lambda t: hasattr(t._signal_connector, "received_sigterm"),
-    "Trainer._logger_connector.should_update_logs": lambda t: hasattr(type(t._logger_connector), "should_update_logs"),
+    "LightningModule._trainer": lambda t: hasattr(L.LightningModule(), "_trainer"),
     "WeightAveraging._average_model": lambda t: hasattr(WeightAveraging(), "_average_model"),
-    "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda t: hasattr(
-        t.fit_loop.epoch_loop.batch_progress, "is_last_batch"
-    ),
     "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
-    "amp._optimizer_handles_unscaling": lambda t: callable(getattr(amp, "_optimizer_handles_unscaling", None)),
 }
 
 

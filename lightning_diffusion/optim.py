@@ -6,8 +6,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
-from lightning_diffusion.lightning_private import refuses_clipping
+from lightning_diffusion.lightning_private import attached_trainer
 
 
 class SharedFactory:
@@ -40,11 +41,22 @@ def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
     optimizer.register_load_state_dict_post_hook(restore)
 
 
+def refuses_clipping(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether Lightning would raise at the first optimizer step because it cannot clip this optimizer's gradients:
+    gradient clipping in mixed precision (16 or bf16) of a fused optimizer, which unscales its gradients itself
+    (Lightning's `MixedPrecision.clip_gradients` condition for torch's optimizers)."""
+    return (
+        (trainer.gradient_clip_val or 0) > 0
+        and isinstance(trainer.precision_plugin, MixedPrecision)
+        and bool(optimizer.defaults.get("fused"))
+    )
+
+
 def configure_optimizers(module: L.LightningModule) -> Any:
     """The optimizer of `module.optimizer_fn` and, if any, the LR scheduler of `module.lr_scheduler_fn`, stepped
     every `lr_scheduler_interval` (a hyperparameter)."""
     optimizer = module.optimizer_fn(module.parameters())
-    trainer = module._trainer
+    trainer = attached_trainer(module)
     if trainer is not None and refuses_clipping(trainer, optimizer):  # Lightning would raise at the first step
         raise ValueError(
             f"trainer.gradient_clip_val {trainer.gradient_clip_val} in {trainer.precision}: Lightning cannot clip the "

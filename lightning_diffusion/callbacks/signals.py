@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_diffusion.callbacks.ema import EMA
-from lightning_diffusion.lightning_private import is_last_batch, is_logging_step, stop_all_ranks
+from lightning_diffusion.lightning_private import stop_all_ranks
 from lightning_diffusion.runs import run_dir
 
 
@@ -28,9 +28,10 @@ class CheckpointOnSignal(Callback):
     at every logging step (``log_every_n_steps``) and at the end of each epoch the ranks agree (one all-reduce, the
     only cost of this callback) on whether any of them got the signal, and then all stop together through
     Lightning's own stopping points and save the checkpoint together: after that batch, or, on an epoch's last
-    batch or during its validation, once the epoch is complete (a checkpoint that resumes exactly). A stop inside validation (``val_check_interval < 1``) keeps the training and EMA weights in their
-    places. Nothing is saved outside ``fit``. SIGUSR1 (SLURM's ``--signal``) is treated like SIGTERM unless
-    Lightning's SLURM auto-requeue handles it (it then saves ``hpc_ckpt_N.ckpt`` and requeues the job itself).
+    batch or during its validation, once the epoch is complete (a checkpoint that resumes exactly). A stop inside
+    validation (``val_check_interval < 1``) keeps the training and EMA weights in their places. Nothing is saved
+    outside ``fit``. SIGUSR1 (SLURM's ``--signal``) is treated like SIGTERM unless Lightning's SLURM auto-requeue
+    handles it (it then saves ``hpc_ckpt_N.ckpt`` and requeues the job itself).
     Ctrl-C (SIGINT) is treated like SIGTERM too, where Lightning would stop at once without a checkpoint; a second
     Ctrl-C before the checkpoint is saved aborts at once (KeyboardInterrupt), without one. Resume with
     ``fit --ckpt_path last``. During ``predict`` the ranks agree after every batch (where each rank has one) and
@@ -48,6 +49,7 @@ class CheckpointOnSignal(Callback):
         self.received: int | None = None  # the signal this process got, until the ranks agree to stop
         self.stopped_by: str | None = None  # the signal whose checkpoint was saved
         self._predicted, self._shared_batches = 0, 0.0  # predict batches done; those every rank has
+        self._logging_batch = False  # whether Lightning logs after the training batch in progress
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # No collective and no logging here: a handler runs between any two bytecodes, also inside logging.
@@ -94,11 +96,22 @@ class CheckpointOnSignal(Callback):
         # Lightning's flag, now set on every rank alike: its loops raise SIGTERMException at their next check
         stop_all_ranks(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning logs after the batches whose optimizer step (global_step + 1, not taken yet) is a multiple of
+        # log_every_n_steps
+        every = trainer.log_every_n_steps
+        self._logging_batch = every > 0 and (trainer.global_step + 1) % every == 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Stop after this batch, but never inside the epoch's validation (a resume from there draws one more
         # seed and is not exact): on the last batch the validation runs and the stop comes at the epoch's end.
-        last = is_last_batch(trainer)
-        if is_logging_step(trainer) and not last and self._agree(trainer):
+        logging = self._logging_batch or (trainer.log_every_n_steps > 0 and trainer.should_stop)
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if logging and not last and self._agree(trainer):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

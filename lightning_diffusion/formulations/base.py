@@ -12,7 +12,13 @@ from diffusers import SchedulerMixin
 from torch import Tensor, nn
 
 from lightning_diffusion.formulations.ddpm import StepCallback
-from lightning_diffusion.formulations.schedulers import Sampler, check_options, sampler_class
+from lightning_diffusion.formulations.schedulers import (
+    Sampler,
+    check_options,
+    constructor_options,
+    keyword_options,
+    sampler_class,
+)
 
 # The guided denoiser at the formulation's network time: net(x_in, time_input) -> network output.
 Net = Callable[[Tensor, Tensor], Tensor]
@@ -27,20 +33,15 @@ class Formulation(nn.Module):
     and `progress` maps that time to [0, 1] (data to noise) for plots.
     """
 
-    own_samplers: ClassVar[tuple[str, ...]] = ()  # samplers written here from the papers' formulas
+    # samplers written here from the papers' formulas: name -> the function or dataclass whose keyword-only
+    # arguments are its options
+    own_samplers: ClassVar[dict[str, Callable[..., Any]]] = {}
     diffusers_samplers: ClassVar[tuple[str, ...]] = ()  # the diffusers schedulers that fit this formulation
     default_sampler: ClassVar[str]
     default_steps: ClassVar[int]
 
-    def loss(
-        self,
-        denoiser: nn.Module,
-        x0: Tensor,
-        class_labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """The training loss of a batch, a scalar; with `generator`, its noise and times are drawn from it (a
-        validation loss comparable across epochs)."""
+    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The training loss of a batch, a scalar, with its times and noise drawn from the global random streams."""
         raise NotImplementedError
 
     def sample(
@@ -59,35 +60,28 @@ class Formulation(nn.Module):
 
     def check_sampler(self, sampler: str, sampler_kwargs: dict[str, Any], num_inference_steps: int) -> None:
         """One sentence if this formulation cannot sample with these choices."""
-        if sampler not in self.own_samplers + self.diffusers_samplers:
+        samplers = [*self.own_samplers, *self.diffusers_samplers]
+        if sampler not in samplers:
             raise ValueError(
-                f"{type(self).__name__} samples with {', '.join(self.own_samplers + self.diffusers_samplers)}; "
-                f"{sampler!r} is not one of them: choose one with --model.sampler."
+                f"{type(self).__name__} samples with {', '.join(samplers)}; {sampler!r} is not one of them: choose "
+                "one with --model.sampler."
             )
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be positive, got {num_inference_steps}.")
-        if sampler in self.diffusers_samplers:
-            self.diffusers_sampler(sampler, sampler_kwargs, image_like=False)  # unknown options are refused there
+        if sampler in self.own_samplers:
+            check_options(sampler_kwargs, keyword_options(self.own_samplers[sampler]), sampler)
         else:
-            check_options(self.own_sampler_options(sampler), sampler_kwargs, f"sampler_kwargs of {sampler}")
-
-    def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
-        """A function whose keyword arguments are the options of an own sampler (for check_options)."""
-        raise NotImplementedError
+            self.diffusers_sampler(sampler, sampler_kwargs, image_like=False)  # unknown options are refused there
 
     def diffusers_sampler(self, name: str, sampler_kwargs: dict[str, Any], image_like: bool) -> Sampler:
         """A fresh diffusers scheduler for this formulation, its options split between its config and its step."""
         cls = sampler_class(name)
         step_parameters = inspect.signature(cls.step).parameters
-        step_options = [
-            k
-            for k in step_parameters
-            if k
-            not in ("self", "model_output", "timestep", "sample", "generator", "return_dict", "pred_original_sample")
-        ]
+        not_options = ("self", "model_output", "timestep", "sample", "generator", "return_dict", "pred_original_sample")
+        step_options = [k for k in step_parameters if k not in not_options]
+        check_options(sampler_kwargs, constructor_options(cls) + step_options, name)
         step_kwargs = {k: v for k, v in sampler_kwargs.items() if k in step_options}
         config = {k: v for k, v in sampler_kwargs.items() if k not in step_kwargs}
-        check_options(cls, sampler_kwargs, f"sampler_kwargs of {name}", also=step_options)
         scheduler = cls(**{**self.diffusers_config(cls), **config})
         return Sampler(scheduler, step_kwargs, "generator" in step_parameters)
 

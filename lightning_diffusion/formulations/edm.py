@@ -43,16 +43,18 @@ def edm_sampler(
     noise: Tensor,
     sigmas: Tensor,
     heun: bool = True,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    *,
     S_churn: float = 0.0,
     S_tmin: float = 0.0,
     S_tmax: float = float("inf"),
     S_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
 ) -> Tensor:
     """Algorithm 2 of Karras et al. 2022 (with S_churn = 0 their deterministic Algorithm 1): Euler steps of the
     probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, each corrected by Heun's second-order rule unless it
-    lands on sigma = 0; before each step, S_churn adds noise that raises sigma_i to sigma_hat = (1 + gamma) sigma_i."""
+    lands on sigma = 0; before each step, S_churn adds noise that raises sigma_i to sigma_hat = (1 + gamma) sigma_i.
+    The keyword-only arguments are the options (`sampler_kwargs`) of the `heun` and `euler` samplers."""
     n = len(sigmas) - 1
     levels = sigmas.tolist()  # the control flow on the host: no device sync per step
     x = noise.float() * levels[0]
@@ -75,10 +77,6 @@ def edm_sampler(
     return x
 
 
-def heun(S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0) -> None:
-    """Options of the `heun` and `euler` samplers: the stochasticity of Algorithm 2 (S_churn 0: deterministic)."""
-
-
 class EDM(Formulation):
     """Karras et al. 2022's formulation, with the same denoisers as the network F.
 
@@ -96,7 +94,7 @@ class EDM(Formulation):
         rho: Exponent of the sampling sigmas' spacing (eq. 5).
     """
 
-    own_samplers = ("heun", "euler")
+    own_samplers = {"heun": edm_sampler, "euler": edm_sampler}
     diffusers_samplers = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
     default_sampler = "heun"
     default_steps = 18
@@ -128,32 +126,19 @@ class EDM(Formulation):
         c = preconditioning(sigma, self.sigma_data)
         return c["c_skip"] * x + c["c_out"] * net(c["c_in"] * x, c["c_noise"].flatten()).float()
 
-    def loss(
-        self,
-        denoiser: nn.Module,
-        x0: Tensor,
-        class_labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Tensor | None = None) -> Tensor:
         x0 = x0.float()
-        if generator is None:
-            ln_sigma, n = torch.randn(x0.shape[0], device=x0.device), torch.randn_like(x0)
-        else:
-            ln_sigma = torch.randn(x0.shape[0], generator=generator).to(x0.device)
-            n = torch.randn(x0.shape, generator=generator).to(x0.device)
+        ln_sigma = torch.randn(x0.shape[0], device=x0.device)
+        n = torch.randn_like(x0)
         sigma = diffusion.expand_like((ln_sigma * self.P_std + self.P_mean).exp(), x0)
         c = preconditioning(sigma, self.sigma_data)
         x = x0 + sigma * n
         output = denoiser(c["c_in"] * x, c["c_noise"].flatten(), class_labels).float()
-        target = (x0 - c["c_skip"] * x) / c[
-            "c_out"
-        ]  # lambda |D - x0|^2 = lambda c_out^2 |F - target|^2, and lambda c_out^2 = 1
+        # lambda |D - x0|^2 = lambda c_out^2 |F - target|^2, and lambda c_out^2 = 1
+        target = (x0 - c["c_skip"] * x) / c["c_out"]
         return (output - target).pow(2).flatten(1).mean(1).mean()
 
     # ------------------------------------------------------------ sampling
-
-    def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
-        return heun
 
     def sample(
         self,

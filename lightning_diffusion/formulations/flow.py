@@ -5,6 +5,7 @@ dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -51,8 +52,12 @@ def ode_sampler(
     return x
 
 
-def euler(shift: float = 1.0) -> None:
-    """Options of the `euler`, `heun` and `midpoint` samplers: the time shift of the grid (1: uniform in t)."""
+@dataclass(frozen=True, kw_only=True)
+class TimeShift:
+    """Options of the `euler`, `heun` and `midpoint` samplers: the shift of their time grid (`time_grid`; 1: uniform
+    in t; None: the formulation's `shift`)."""
+
+    shift: float | None = None
 
 
 class FlowMatching(Formulation):
@@ -66,7 +71,7 @@ class FlowMatching(Formulation):
         shift: Default time shift of the samplers (``sampler_kwargs: {shift: ...}`` overrides it per call).
     """
 
-    own_samplers = ("euler", "heun", "midpoint")
+    own_samplers = {"euler": TimeShift, "heun": TimeShift, "midpoint": TimeShift}
     diffusers_samplers = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
     default_sampler = "euler"
     default_steps = 50
@@ -90,34 +95,21 @@ class FlowMatching(Formulation):
             shift,
         )
 
-    def training_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    def training_times(self, n: int, device: torch.device) -> Tensor:
         if self.time_distribution == "uniform":
-            u = torch.rand(n, generator=generator) if generator is not None else torch.rand(n, device=device)
-            return u.to(device)
-        z = torch.randn(n, generator=generator) if generator is not None else torch.randn(n, device=device)
-        return torch.sigmoid(self.logit_mean + self.logit_std * z.to(device))
+            return torch.rand(n, device=device)
+        return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
 
-    def loss(
-        self,
-        denoiser: nn.Module,
-        x0: Tensor,
-        class_labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Tensor | None = None) -> Tensor:
         x0 = x0.float()
-        t = self.training_times(x0.shape[0], generator, x0.device)
-        eps = (
-            torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
-        )
+        t = self.training_times(x0.shape[0], x0.device)
+        eps = torch.randn_like(x0)
         t_ = diffusion.expand_like(t, x0)
         x_t = (1 - t_) * x0 + t_ * eps
         output = denoiser(x_t, NETWORK_TIME * t, class_labels).float()
         return (output - (eps - x0)).pow(2).flatten(1).mean(1).mean()
 
     # ------------------------------------------------------------ sampling
-
-    def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
-        return euler
 
     def sample(
         self,
@@ -131,7 +123,8 @@ class FlowMatching(Formulation):
         image_like: bool = False,
     ) -> Tensor:
         if sampler in self.own_samplers:
-            times = time_grid(num_inference_steps, float(sampler_kwargs.get("shift", self.shift)))
+            shift = TimeShift(**sampler_kwargs).shift
+            times = time_grid(num_inference_steps, float(self.shift if shift is None else shift))
 
             def velocity(x: Tensor, t: float) -> Tensor:
                 return net(x, x.new_full((x.shape[0],), NETWORK_TIME * t)).float()

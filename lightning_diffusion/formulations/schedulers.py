@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import diffusers
@@ -33,20 +33,30 @@ def sampler_class(name: str) -> type[SchedulerMixin]:
     return cls
 
 
-def check_options(cls: Any, options: dict[str, Any], what: str, also: Sequence[str] = ()) -> None:
-    """One sentence naming the first option that `cls` (a class, or a function listing a sampler's options) does not
-    take, nor any of `also` (diffusers drops unknown keys silently)."""
-    signature = inspect.signature(cls.__init__ if isinstance(cls, type) else cls)
-    accepted = [name for name in signature.parameters if name not in ("self", "kwargs")] + list(also)
+def constructor_options(cls: type[SchedulerMixin]) -> list[str]:
+    """The options of a diffusers scheduler: the arguments of its constructor."""
+    return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")]
+
+
+def keyword_options(sampler: Callable[..., Any]) -> list[str]:
+    """The options of a sampler written here: the keyword-only arguments of its function (or of the dataclass
+    that holds them)."""
+    return [p.name for p in inspect.signature(sampler).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def check_options(options: dict[str, Any], accepted: Sequence[str], sampler: str) -> None:
+    """One sentence naming the first of `options` that the sampler `sampler` does not take (diffusers drops unknown
+    keys silently)."""
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], accepted, n=1)
-        raise ValueError(
-            f"{what} has no option {unknown[0]!r}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + (f" (nor {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")
-            + f": {cls.__name__} takes {', '.join(accepted)}."
-        )
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], accepted, n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    others = f" (nor {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else ""
+    raise ValueError(
+        f"sampler_kwargs of {sampler} has no option {unknown[0]!r}{suggestion}{others}: "
+        f"{sampler} takes {', '.join(accepted)}."
+    )
 
 
 def build_sampler(
@@ -65,9 +75,9 @@ def build_sampler(
     `overrides` (the config's `sampler_kwargs`) win over these choices; an option the sampler lacks is refused.
     """
     cls = sampler_class(name)
-    options = inspect.signature(cls.__init__).parameters
+    options = constructor_options(cls)
     overrides = dict(overrides or {})
-    check_options(cls, overrides, f"sampler_kwargs of {name}")
+    check_options(overrides, options, name)
     clip = (
         schedule_config.get("clip_sample")
         and schedule_config.get("clip_sample_range", 1.0) == 1.0

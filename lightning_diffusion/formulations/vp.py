@@ -4,7 +4,7 @@ written from the papers (`ddpm`, `ddim`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,13 +17,22 @@ from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType,
 from lightning_diffusion.formulations.schedulers import build_sampler, sampler_class
 
 
-def ddpm(timestep_spacing: str | None = None, variance_type: str | None = None) -> None:
-    """Options of the `ddpm` sampler: the spacing of a shorter process and `fixed_small` (beta~_t) or `fixed_large`
-    (beta_t) variance; by default the schedule's."""
+@dataclass(frozen=True, kw_only=True)
+class DDPMOptions:
+    """Options of the `ddpm` sampler: the spacing of a shorter process's timesteps and the variance, `fixed_small`
+    (beta~_t) or `fixed_large` (beta_t); by default the schedule's."""
+
+    timestep_spacing: str | None = None
+    variance_type: str | None = None
 
 
-def ddim(eta: float = 0.0, timestep_spacing: str | None = None) -> None:
-    """Options of the `ddim` sampler: eta (0: deterministic DDIM, 1: DDPM-like) and the spacing of the timesteps."""
+@dataclass(frozen=True, kw_only=True)
+class DDIMOptions:
+    """Options of the `ddim` sampler: eta (Song et al. 2021, eq. 16; 0: deterministic DDIM, 1: DDPM-like) and the
+    spacing of the timesteps (by default the schedule's)."""
+
+    eta: float = 0.0
+    timestep_spacing: str | None = None
 
 
 class VP(Formulation):
@@ -38,7 +47,7 @@ class VP(Formulation):
         min_snr_gamma: The gamma of min-SNR weighting.
     """
 
-    own_samplers = ("ddpm", "ddim")
+    own_samplers = {"ddpm": DDPMOptions, "ddim": DDIMOptions}
     default_sampler = "DDPMScheduler"
     default_steps = 1000
 
@@ -71,17 +80,7 @@ class VP(Formulation):
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.numel()
 
-    def loss(
-        self,
-        denoiser: nn.Module,
-        x0: Tensor,
-        class_labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        t = eps = None
-        if generator is not None:
-            t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return diffusion.diffusion_loss(
             denoiser,
             x0,
@@ -90,8 +89,6 @@ class VP(Formulation):
             self.loss_weighting,
             self.min_snr_gamma,
             class_labels=class_labels,
-            t=t,
-            eps=eps,
         )
 
     # ------------------------------------------------------------ sampling
@@ -107,9 +104,6 @@ class VP(Formulation):
             super().check_sampler(sampler, sampler_kwargs, num_inference_steps)
         else:
             self.make_sampler(sampler, sampler_kwargs, image_like=False)
-
-    def own_sampler_options(self, sampler: str) -> Callable[..., Any]:
-        return {"ddpm": ddpm, "ddim": ddim}[sampler]
 
     def make_sampler(self, name: str, sampler_kwargs: dict[str, Any] | None, image_like: bool):
         """A diffusers sampler over this schedule: see samplers.build_sampler."""
@@ -127,9 +121,8 @@ class VP(Formulation):
         image_like: bool = False,
     ) -> Tensor:
         if sampler in self.own_samplers:
-            return self.sample_from_formulas(
-                net, noise, sampler, num_inference_steps, sampler_kwargs, generator, callback
-            )
+            options = self.own_samplers[sampler](**sampler_kwargs)
+            return self.sample_from_formulas(net, noise, sampler, num_inference_steps, options, generator, callback)
         made = self.make_sampler(sampler, sampler_kwargs, image_like)
         return diffusion.sample(net, made, noise, num_inference_steps, generator, callback)
 
@@ -139,7 +132,7 @@ class VP(Formulation):
         noise: Tensor,
         sampler: str,
         num_inference_steps: int,
-        options: dict[str, Any],
+        options: DDPMOptions | DDIMOptions,
         generator: torch.Generator | None,
         callback: StepCallback | None,
     ) -> Tensor:
@@ -147,7 +140,7 @@ class VP(Formulation):
         steps, on the timesteps diffusers would use, with the schedule's x0 clip: the reference the tests hold
         diffusers' DDPMScheduler and DDIMScheduler to."""
         config = self.scheduler.config
-        spacing = options.get("timestep_spacing") or config.get("timestep_spacing", "leading")
+        spacing = options.timestep_spacing or config.get("timestep_spacing", "leading")
         timesteps = diffusion.inference_timesteps(
             self.num_train_timesteps, num_inference_steps, spacing, config.get("steps_offset", 0)
         )
@@ -165,12 +158,12 @@ class VP(Formulation):
             model_output = net(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
             if sampler == "ddpm":
                 z = torch.randn(x.shape, generator=generator).to(x.device) if t > 0 else None
-                large = (options.get("variance_type") or config.get("variance_type")) == "fixed_large"
+                large = (options.variance_type or config.get("variance_type")) == "fixed_large"
                 x, x0 = diffusion.ddpm_step(
                     model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, clip, large
                 )
             else:
-                eta = float(options.get("eta", 0.0))
+                eta = float(options.eta)
                 z = torch.randn(x.shape, generator=generator).to(x.device) if eta > 0 else None
                 x, x0 = diffusion.ddim_step(
                     model_output, x, alpha_bar_t, alpha_bar_prev, self.prediction_type, z, eta, clip

@@ -6,13 +6,47 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from diffusers import SchedulerMixin
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+
+from lightning_diffusion.formulations import VP, Formulation
+from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType
+
+
+def resolve_formulation(
+    formulation: Formulation | None,
+    scheduler: SchedulerMixin | None,
+    prediction_type: PredictionType,
+    loss_weighting: LossWeighting,
+    min_snr_gamma: float,
+) -> Formulation:
+    """The model's formulation: the one given, or VP over `scheduler` (the arguments of DDPM runs and checkpoints)."""
+    if formulation is None and scheduler is None:
+        raise ValueError(
+            "The model has neither a scheduler (the VP/DDPM formulation) nor a formulation: give model.scheduler, "
+            "or model.formulation (e.g. lightning_diffusion.formulations.EDM), or --config configs/<experiment>.yaml."
+        )
+    if formulation is None:
+        return VP(scheduler, prediction_type, loss_weighting, min_snr_gamma)
+    vp_options_given = {
+        "scheduler": scheduler is not None,
+        "prediction_type": prediction_type != "epsilon",
+        "loss_weighting": loss_weighting != "uniform",
+        "min_snr_gamma": min_snr_gamma != 5.0,
+    }
+    for name, given in vp_options_given.items():
+        if given:
+            raise ValueError(
+                f"{name} is an option of the default VP formulation, but the model's formulation is "
+                f"{type(formulation).__name__}: remove it (a VP formulation takes it among its own init_args)."
+            )
+    return formulation
 
 
 def check_arguments(
     denoiser: nn.Module,
-    formulation: Any,
+    formulation: Formulation,
     *,
     sampler: str,
     sampler_kwargs: dict[str, Any],
@@ -20,13 +54,12 @@ def check_arguments(
     label_dropout: float,
     guidance_scale: float,
     val_num_samples: int,
-    sample_metrics: list[Any] | None,
+    sample_metrics: Sequence[Any] | None,
     sample_batch_size: int | None,
     sample_shape: tuple[int, ...],
     num_classes: int | None,
 ) -> None:
     """Raise a one-sentence ValueError for the first disagreement; warn where a choice is legal but useless."""
-    # an unknown sampler or option is one sentence now, not at the first validation
     formulation.check_sampler(sampler, sampler_kwargs, num_inference_steps)
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")

@@ -1,33 +1,38 @@
-"""DiffusionModule: a pluggable denoiser trained and sampled by a pluggable formulation (VP/DDPM, EDM, flow matching)."""
+"""DiffusionModule: a pluggable denoiser trained and sampled by a pluggable formulation (VP/DDPM, EDM, flow
+matching)."""
 
 from __future__ import annotations
 
+import os
+import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from diffusers import SchedulerMixin
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
-from lightning_diffusion.formulations import VP, Formulation
+from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
-from lightning_diffusion.lightning_private import is_logging_step
+from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
 from lightning_diffusion.metrics.validation import HeldOut, request_noise, sample_quality, samples_per_rank
-from lightning_diffusion.model.checks import check_arguments, check_held_out, sample_labels
-from lightning_diffusion.model.loss_monitor import LossMonitor, seed_rank_streams
+from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
+from lightning_diffusion.model.loss_monitor import LossMonitor
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
-from lightning_diffusion.runs import run_dir
 
-Batch = Union[Tensor, Sequence[Tensor], dict]
+Batch = Tensor | Sequence[Tensor] | dict
 # What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
 DenoiserFactory = Callable[[tuple[int, ...], int | None], nn.Module]
 
@@ -70,8 +75,8 @@ class DiffusionModule(L.LightningModule):
             ``ClassifierMetrics`` (offline Frechet distance and class-conditional accuracy); see configs/metrics/.
         sample_batch_size: Samples generated per batch for the metrics (``None``: all at once).
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
-        compile: Train through ``torch.compile(denoiser)``; the weights keep their names, so checkpoints load
-            with or without it. Sampling runs the plain denoiser.
+        compile: Train and sample through ``torch.compile`` of the denoiser (``nn.Module.compile``, in place: the
+            weights keep their names, so checkpoints load with or without it).
         sample_shape: Shape of one sample; linked from the data by the CLI.
         num_classes: Number of classes of a conditional model (``None``: unconditional); linked from the data.
         class_names: Names of the classes, recorded for plots, logs and exports; linked from the data.
@@ -157,7 +162,6 @@ class DiffusionModule(L.LightningModule):
         std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
         self.register_buffer("data_mean", mean, persistent=False)
         self.register_buffer("data_std", std, persistent=False)
-        object.__setattr__(self, "_train_denoiser", denoiser)  # not a submodule: torch.compile may replace it in setup
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: float | None = None
@@ -247,14 +251,25 @@ class DiffusionModule(L.LightningModule):
             self.load_sample_metrics(self.device)
             datamodule = getattr(self.trainer, "datamodule", None)
             if self.hparams.val_num_samples and datamodule is not None:
+                split = "test" if stage == "test" else "validation"
                 loader = datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()
-                check_held_out(self.hparams.val_num_samples, len(loader.dataset), str(getattr(stage, "value", stage)))
+                check_held_out(self.hparams.val_num_samples, len(loader.dataset), split)
         if stage == "fit":
-            seed_rank_streams(self.trainer.world_size, self.global_rank)
+            self._seed_this_rank()
             self.formulation.calibrate(self._training_samples)  # EDM measures sigma_data, unless given or resumed
-        if stage == "fit" and self.hparams.compile and self._train_denoiser is self.denoiser:
-            # held outside the module tree, so that the state_dict has no "_orig_mod." names
-            object.__setattr__(self, "_train_denoiser", torch.compile(self.denoiser))
+            if self.hparams.compile:
+                self.denoiser.compile()  # in place: the state_dict keeps its names
+
+    def _seed_this_rank(self) -> None:
+        """Each DDP rank its own random stream (timesteps, noise, label dropout, flips), derived from the run's seed
+        and the rank, so that a step sees world_size independent draws. Rank 0 keeps the run's own stream, so one
+        device draws what it always drew; the data order is DistributedSampler's, which has a generator of its own."""
+        seed = os.environ.get("PL_GLOBAL_SEED")  # seed_everything's; without one, every process is seeded apart
+        if self.trainer.world_size > 1 and seed is not None and self.global_rank > 0:
+            rank_seed = (int(seed) + 1_000_003 * self.global_rank) % 2**32
+            random.seed(rank_seed)
+            np.random.seed(rank_seed)
+            torch.manual_seed(rank_seed)  # and every CUDA device's generator
 
     def _training_samples(self, num_samples: int = 1024) -> Tensor:
         """Up to `num_samples` training samples in model space, evenly spread over the training set (the same on
@@ -287,23 +302,22 @@ class DiffusionModule(L.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.denoiser(x_t, t, class_labels)
 
-    def _loss(
-        self, x0: Tensor, y: Tensor | None, generator: torch.Generator | None = None, denoiser: nn.Module | None = None
-    ) -> Tensor:
-        """The formulation's loss; with `generator`, fixed times and noise: a validation loss comparable across epochs."""
-        return self.formulation.loss(self.denoiser if denoiser is None else denoiser, x0, y, generator)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
         if y is not None and self.hparams.label_dropout > 0:  # train the unconditional model too (CFG)
             drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        loss = self._loss(x0, y, denoiser=self._train_denoiser)
-        trainer = self._trainer
-        self._losses.update(loss, trainer.global_step if trainer is not None else 0)
-        # The host reads the losses (one sync, one collective) only where Lightning logs, and on the epoch's last
-        # batch, before any end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
-        if trainer is not None and (is_logging_step(trainer) or batch_idx + 1 >= trainer.num_training_batches):
+        loss = self.formulation.loss(self.denoiser, x0, y)
+        trainer = attached_trainer(self)
+        if trainer is None:
+            return loss
+        self._losses.update(loss, trainer.global_step)
+        # The host reads the losses (one sync, one collective) only where Lightning logs (after the optimizer step
+        # global_step + 1 of this batch, every log_every_n_steps) and on the epoch's last batch, before any
+        # end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
+        every = trainer.log_every_n_steps
+        logging = every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+        if logging or batch_idx + 1 >= trainer.num_training_batches:
             self.last_train_loss = self._read_losses()  # a float on the host: callbacks.LossProgressBar shows it
             self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
         return loss
@@ -318,13 +332,22 @@ class DiffusionModule(L.LightningModule):
             self._read_losses()
 
     def _read_losses(self) -> float:
-        folders = [run_dir(self.trainer) / "checkpoints"]
-        folders += [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
-        return self._losses.read(self.all_gather, self.current_epoch, folders)
+        """The mean training loss since the last read, over all ranks; a non-finite one stops the fit on every rank,
+        naming the step and the newest checkpoint (all saved before that step: a read comes before every save)."""
+        mean, bad_step = self._losses.read(self.all_gather)
+        if bad_step is not None:
+            saved = newest_saved_checkpoint(self.trainer)
+            raise FloatingPointError(
+                f"Non-finite loss at step {bad_step} (epoch {self.current_epoch}): training stopped, the newest good "
+                f"checkpoint is {saved or 'none saved yet'}; lower the learning rate, clip gradients "
+                "(trainer.gradient_clip_val) or prefer bf16-mixed to 16-mixed."
+            )
+        return mean
 
     def _evaluation_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
         x0, y = self._unpack(batch)
-        loss = self._loss(x0, y, generator=torch.Generator().manual_seed(batch_idx))
+        with seeded(batch_idx, self.device):  # the same times and noise at every evaluation: comparable losses
+            loss = self.formulation.loss(self.denoiser, x0, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=x0.shape[0])
         self._held_out.collect(x0, y)
 
@@ -397,35 +420,26 @@ class DiffusionModule(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
 
-def resolve_formulation(
-    formulation: Formulation | None,
-    scheduler: SchedulerMixin | None,
-    prediction_type: PredictionType,
-    loss_weighting: LossWeighting,
-    min_snr_gamma: float,
-) -> Formulation:
-    """The model's formulation: the one given, or VP over `scheduler` (the arguments of DDPM runs and checkpoints)."""
-    if formulation is None:
-        if scheduler is None:
-            raise ValueError(
-                "The model has neither a scheduler (the VP/DDPM formulation) nor a formulation: give model.scheduler, "
-                "or model.formulation (e.g. lightning_diffusion.formulations.EDM), or --config configs/<experiment>.yaml."
-            )
-        return VP(scheduler, prediction_type, loss_weighting, min_snr_gamma)
-    vp_options = {
-        "scheduler": scheduler is not None,
-        "prediction_type": prediction_type != "epsilon",
-        "loss_weighting": loss_weighting != "uniform",
-        "min_snr_gamma": min_snr_gamma != 5.0,
-    }
-    given = [name for name, set_ in vp_options.items() if set_]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the default VP formulation, "
-            f"but the model's formulation is {type(formulation).__name__}: remove {'it' if len(given) == 1 else 'them'}"
-            " (a VP formulation takes them among its own init_args)."
-        )
-    return formulation
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Draws from `seed` on the CPU and on `device`, and leaves their random streams as they were (the training's,
+    so that a run that validates resumes exactly)."""
+    accelerator = [device] if device.type != "cpu" else []
+    with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else None):
+        torch.default_generator.manual_seed(seed)
+        if accelerator:
+            torch.get_device_module(device).manual_seed(seed)  # the current device, which Lightning makes `device`
+        yield
+
+
+def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint file that this fit's ModelCheckpoint callbacks saved, or the one it resumed from."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths += [callback.last_model_path, callback.best_model_path, *callback.best_k_models]
+    files = [Path(path) for path in [*paths, trainer.ckpt_path] if path and Path(path).is_file()]
+    return max(files, key=lambda path: path.stat().st_mtime, default=None)  # a tie: last.ckpt, listed first
 
 
 def _all_of(callbacks: list[StepCallback]) -> StepCallback | None:

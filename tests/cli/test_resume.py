@@ -1,11 +1,19 @@
-"""Resume: `--ckpt_path last` without a checkpoint is one sentence, and an image run with DataLoader workers and
-random flips resumes exactly. The moons proof that 2 + 2 epochs equal 4 straight ones, bit for bit, with the first 2
+"""Resume: `--ckpt_path last` without a checkpoint is one sentence, a validation draws nothing from the training's
+random streams (and its loss is the same number twice), and an image run with DataLoader workers and random flips
+resumes exactly. The moons proof that 2 + 2 epochs equal 4 straight ones, bit for bit, with the first 2
 stopped by a SIGTERM, is in tests/cli/test_signals.py; the one of a signal sent to a CLI process from outside, there too
 (under DDP)."""
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, cpu_overrides
+from diffusers import DDPMScheduler
+from lightning.pytorch.callbacks import Callback
+
+from lightning_diffusion import DiffusionModule
+from lightning_diffusion.data import Toy2DDataModule
+from lightning_diffusion.denoisers import MLPDenoiser
 
 SMALL = [
     "--config",
@@ -31,6 +39,50 @@ def test_ckpt_path_last_without_a_checkpoint_is_one_sentence(run_cli, capsys):
     with pytest.raises(SystemExit):
         run_cli("fit", *SMALL, "--experiment", "nothing_yet", "--ckpt_path", "last")
     assert "--ckpt_path last found no last.ckpt or interrupted.ckpt" in capsys.readouterr().err
+
+
+class StreamWatch(Callback):
+    """Whether each validation step left the global random streams (the CPU's and the device's) as it found them."""
+
+    def __init__(self) -> None:
+        self.untouched: list[bool] = []
+
+    @staticmethod
+    def states(device: torch.device) -> list[torch.Tensor]:
+        return [torch.get_rng_state(), *([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])]
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.before = self.states(pl_module.device)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        after = self.states(pl_module.device)
+        self.untouched.append(all(torch.equal(a, b) for a, b in zip(self.before, after, strict=True)))
+
+
+@pytest.mark.parametrize(
+    "accelerator",
+    ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_the_validation_loss_is_repeatable_and_leaves_the_training_streams_alone(tmp_path, accelerator):
+    """Each validation batch draws its times and noise from its own seed: the same checkpoint gives the same val/loss
+    under any global seed, and a validation step leaves the training's random streams as they were (so that a run
+    that validates resumes exactly)."""
+    L.seed_everything(0)
+    data = Toy2DDataModule(num_samples=256, num_val_samples=192, batch_size=64)
+    built = {"denoiser": MLPDenoiser(hidden_dim=16, num_blocks=1), "scheduler": DDPMScheduler()}
+    model = DiffusionModule(**built, sample_shape=(2,))
+    quiet = {"accelerator": accelerator, "devices": 1, "logger": False, "enable_progress_bar": False}
+    L.Trainer(max_epochs=1, limit_val_batches=0, default_root_dir=tmp_path, **quiet).fit(model, data)
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        watch = StreamWatch()
+        trainer = L.Trainer(callbacks=[watch], enable_model_summary=False, **quiet)
+        (metrics,) = trainer.validate(DiffusionModule.load_from_checkpoint(ckpt, **built), data, verbose=False)
+        losses.append(metrics["val/loss"])
+        assert watch.untouched == [True, True, True]
+    assert losses[0] == losses[1]
 
 
 @pytest.mark.slow

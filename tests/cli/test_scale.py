@@ -214,12 +214,20 @@ def test_compiled_training_checkpoint_loads_without_compile(run_cli, tmp_path):
         "--model.compile",
         "true",
     )
-    assert cli.model._train_denoiser is not cli.model.denoiser  # training went through torch.compile
+    assert cli.model.denoiser._compiled_call_impl is not None  # what nn.Module.compile sets: training was compiled
+    assert torch.isfinite(cli.model.sample(16, num_inference_steps=5)).all()  # the compiled denoiser samples
     (ckpt,) = (tmp_path / "outputs").rglob("last.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert {key.split(".")[0] for key in state} == {"denoiser"} and not any("_orig_mod" in key for key in state)
     model = DiffusionModule.load_from_checkpoint(ckpt, compile=False)
     assert model.sample(16, num_inference_steps=5).shape == (16, 2)
+    compiled = DiffusionModule.load_from_checkpoint(ckpt)
+    compiled.denoiser.compile()
+    compiled.load_state_dict(state)  # a compiled module has the plain names too
+    same = {"num_inference_steps": 5, "generator": torch.Generator().manual_seed(0)}
+    plain_samples = model.sample(16, **same)
+    same["generator"].manual_seed(0)
+    assert torch.allclose(compiled.sample(16, **same), plain_samples, atol=1e-4)
 
 
 class _NaNAfter(torch.nn.Module):

@@ -256,6 +256,53 @@ def _running(pid):
         return False
 
 
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_the_ranks_agree_at_lightnings_own_logging_steps(accumulate):
+    """CheckpointOnSignal tells from public trainer attributes where Lightning logs (where the ranks agree on a
+    stop inside an epoch): the batches of Lightning's own (private) condition but an epoch's last, with and without
+    gradient accumulation."""
+    import lightning as L
+    from diffusers import DDPMScheduler
+
+    from lightning_diffusion import DiffusionModule
+    from lightning_diffusion.data import Toy2DDataModule
+    from lightning_diffusion.denoisers import MLPDenoiser
+
+    agreed, logged = [], []
+
+    class Agreements(callbacks.CheckpointOnSignal):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batch = (trainer.current_epoch, batch_idx)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            self.batch = None
+
+        def _agree(self, trainer):
+            if self.batch is not None:  # not the epoch's end
+                agreed.append(self.batch)
+            return False
+
+    class Logged(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            if trainer._logger_connector.should_update_logs and not last:
+                logged.append((trainer.current_epoch, batch_idx))
+
+    model = DiffusionModule(MLPDenoiser(hidden_dim=8, num_blocks=1), DDPMScheduler(), sample_shape=(2,))
+    trainer = L.Trainer(
+        max_epochs=2,
+        log_every_n_steps=3,
+        accumulate_grad_batches=accumulate,
+        callbacks=[Agreements(), Logged()],
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, Toy2DDataModule(num_samples=640, num_val_samples=64, batch_size=64))
+    assert agreed == logged and len(logged) >= 2
+
+
 def test_newest_checkpoint(tmp_path):
     root = tmp_path / "moons"
     assert newest_checkpoint(str(tmp_path), "moons") is None

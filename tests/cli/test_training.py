@@ -195,7 +195,7 @@ def test_clipping_a_fused_optimizer_is_refused_exactly_where_lightning_would_fai
     that unscales its gradients itself; we say so before training, there and nowhere else."""
     import lightning as L
 
-    from lightning_diffusion.lightning_private import refuses_clipping
+    from lightning_diffusion.optim import refuses_clipping
 
     trainer = L.Trainer(precision=precision, gradient_clip_val=clip, logger=False, enable_progress_bar=False)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=fused)

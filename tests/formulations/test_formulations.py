@@ -100,10 +100,10 @@ def test_the_loss_is_zero_at_the_exact_target(formulation):
         f, oracle = EDM(sigma_data=0.5), EDMOracle(0.5, s=torch.zeros(2))
     else:
         f, oracle = FlowMatching(), FlowOracle(s=torch.zeros(2))
-    generator = torch.Generator().manual_seed(0)
-    assert f.loss(oracle, x0, generator=generator).item() < 1e-10
+    torch.manual_seed(0)
+    assert f.loss(oracle, x0).item() < 1e-10
     off = lambda *a: oracle(*a) + 0.01  # noqa: E731
-    assert f.loss(off, x0, generator=torch.Generator().manual_seed(0)).item() == pytest.approx(1e-4, rel=1e-3)
+    assert f.loss(off, x0).item() == pytest.approx(1e-4, rel=1e-3)
 
 
 @pytest.mark.parametrize("sampler", ["heun", "euler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
@@ -173,6 +173,17 @@ def test_flow_samplers_land_on_a_point_mass(sampler):
     assert torch.allclose(x, MU.expand_as(x), atol=1e-4), (x - MU).abs().max()
 
 
+@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint"])
+def test_flow_sampler_kwargs_shift_overrides_the_formulations(sampler):
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    per_call = module(FlowMatching(), FlowOracle(), sampler, sampler_kwargs={"shift": 3.0})
+    configured = module(FlowMatching(shift=3.0), FlowOracle(), sampler)
+    uniform = module(FlowMatching(shift=3.0), FlowOracle(), sampler, sampler_kwargs={"shift": 1.0})
+    x = per_call.sample(64, num_inference_steps=4, noise=z, data_space=False)
+    assert torch.equal(x, configured.sample(64, num_inference_steps=4, noise=z, data_space=False))
+    assert not torch.allclose(x, uniform.sample(64, num_inference_steps=4, noise=z, data_space=False))
+
+
 @pytest.mark.parametrize(
     "sampler, steps, order",
     [
@@ -198,9 +209,10 @@ def test_flow_time_grid_and_training_times():
     assert time_grid(4) == [1.0, 0.75, 0.5, 0.25, 0.0]
     shifted = time_grid(4, shift=3.0)  # SD3's shift spends more steps at high noise
     assert shifted[0] == 1.0 and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)
-    t = FlowMatching("logit_normal").training_times(20000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    torch.manual_seed(0)
+    t = FlowMatching("logit_normal").training_times(20000, torch.device("cpu"))
     assert torch.logit(t).mean().abs() < 0.03 and torch.logit(t).std().item() == pytest.approx(1.0, abs=0.03)
-    u = FlowMatching("uniform").training_times(20000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    u = FlowMatching("uniform").training_times(20000, torch.device("cpu"))
     assert u.min() >= 0 and u.max() <= 1 and u.mean().item() == pytest.approx(0.5, abs=0.01)
 
 
@@ -309,6 +321,10 @@ def test_a_formulation_refuses_what_belongs_to_another():
         module(EDM(), EDMOracle(0.5), "heun", sampler_kwargs={"S_chur": 10})
     with pytest.raises(ValueError, match="sampler_kwargs of ddim has no option 'etta'"):
         DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(), sampler="ddim", sampler_kwargs={"etta": 1})
+    with pytest.raises(ValueError, match="sampler_kwargs of ddpm has no option 'eta': ddpm takes timestep_spacing"):
+        DiffusionModule(denoiser=MLPDenoiser(), scheduler=DDPMScheduler(), sampler="ddpm", sampler_kwargs={"eta": 1})
+    with pytest.raises(ValueError, match="sampler_kwargs of midpoint has no option 'shfit' \\(did you mean 'shift'"):
+        module(FlowMatching(), FlowOracle(), "midpoint", sampler_kwargs={"shfit": 2.0})
     with pytest.raises(ValueError, match="EDMEulerScheduler has no option 's_chrn' \\(did you mean 's_churn'\\?\\)"):
         module(EDM(), EDMOracle(0.5), "EDMEulerScheduler", sampler_kwargs={"s_chrn": 10})  # a step option misspelt
     unfit = module(EDM(), EDMOracle(0.5), "EDMEulerScheduler", sampler_kwargs={"s_churn": 10})
@@ -333,9 +349,10 @@ def test_guidance_is_one_rule_for_every_formulation(formulation):
     )
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
-    run = lambda s, y: model.sample(
-        6, class_labels=y, guidance_scale=s, noise=z, generator=torch.Generator().manual_seed(1)
-    )  # noqa: E731
+
+    def run(s, y):
+        return model.sample(6, class_labels=y, guidance_scale=s, noise=z, generator=torch.Generator().manual_seed(1))
+
     assert torch.allclose(run(0.0, labels), run(0.0, 1 - labels), atol=1e-6)  # s = 0: the null label, whatever asked
     assert not torch.allclose(run(3.0, labels), run(1.0, labels), atol=1e-3)
 
