@@ -1,4 +1,4 @@
-"""Sample quality and wall time of samplers on a trained 2D checkpoint: a table made by `lightning_diffusion.tools.evaluate`.
+"""Sample quality and wall time of samplers on a trained 2D checkpoint: a table made by `lightning_diffusion evaluate`.
 
     python benchmarks/samplers_2d.py --ckpt outputs/moons/version_0/checkpoints/last.ckpt
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from report import publish
 
-from lightning_diffusion.tools import evaluate
+from lightning_diffusion.__main__ import main as command
 from lightning_diffusion.tools.report import read_rows
 
 SAMPLERS = [
@@ -37,19 +37,8 @@ def parse_samplers(pairs: list[str] | None) -> list[tuple[str, int]]:
 
 def run_evaluate(ckpt: Path, samplers: list[tuple[str, int]], options: list[str]) -> tuple[list[dict], Path]:
     """evaluate's rows for these (sampler, steps) cells, in their order, and its folder."""
-    parser = evaluate.make_parser()
-    args = parser.parse_args(
-        [
-            "--runs",
-            str(ckpt),
-            "--cells",
-            *[f"{name}:{steps}" for name, steps in samplers],
-            "--progress",
-            "false",
-            *options,
-        ]
-    )
-    folder = evaluate.evaluate(args, parser, "benchmarks: " + " ".join(["--runs", str(ckpt), *options]))
+    cells = "[" + ", ".join(f"{name}:{steps}" for name, steps in samplers) + "]"
+    folder = command(["evaluate", "--runs", f"[{ckpt}]", "--cells", cells, "--progress", "false", *options])
     _, rows = read_rows(folder / "results.csv")
     by_cell = {(row["sampler"], row["steps"]): row for row in rows}
     return [by_cell[cell] for cell in samplers], folder

@@ -1,5 +1,5 @@
 """Sample quality and wall time of samplers on a trained image checkpoint, scored by the offline classifier
-(configs/mnist_classifier.yaml): a table made by `lightning_diffusion.tools.evaluate`.
+(configs/mnist_classifier.yaml): a table made by `python -m lightning_diffusion evaluate`.
 
     python benchmarks/samplers_images.py --ckpt outputs/mnist_cond/version_0/checkpoints/last.ckpt \
         --classifier outputs/mnist_classifier
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> str:
         "--inception_weights",
         "null",
     ]
-    options += ["--guidance", str(args.guidance_scale)] if args.guidance_scale is not None else []
+    options += ["--guidance", f"[{args.guidance_scale}]"] if args.guidance_scale is not None else []
     options += ["--output_dir", args.output_dir] if args.output_dir else []
     rows, folder = run_evaluate(args.ckpt, samplers, options)
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> str:
     first = f"{samplers[0][0]} {samplers[0][1]}"
     table = "\n".join(
         [
-            f"| sampler | steps | classifier FD | FD / {first}'s | classifier KID | class accuracy | NFE | seconds per seed |",
+            f"| sampler | steps | classifier FD | FD / {first}'s | classifier KID | class accuracy | NFE "
+            "| seconds per seed |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
             *lines,
         ]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_diffusion.runs import resumable_checkpoints
+from lightning_diffusion.runs import checkpoints_in, resumable_checkpoints
 
 
 class CheckpointError(ValueError):
@@ -76,7 +76,7 @@ def first_readable(candidates: Iterable[Path]) -> Path | None:
 def last_checkpoint(output_dir: str, experiment: str) -> Path:
     """`--ckpt_path last`: the experiment's newest readable resumable checkpoint, printed; newer unreadable ones are
     skipped with a warning each (nothing is deleted)."""
-    found = resumable_checkpoints(output_dir, experiment)
+    found = resumable_checkpoints(Path(output_dir) / experiment)
     if not found:
         raise CheckpointError(
             f"--ckpt_path last found no last.ckpt or interrupted.ckpt under {Path(output_dir) / experiment}"
@@ -90,6 +90,13 @@ def last_checkpoint(output_dir: str, experiment: str) -> Path:
         )
     rank_zero_info(f"--ckpt_path last: {chosen}")
     return chosen
+
+
+def checkpoint_named(path: str | Path) -> Path | None:
+    """The checkpoint that `path` names (runs.checkpoints_in): a file or a run folder's last.ckpt as it is, of an
+    experiment folder the newest readable one (see `first_readable`); None if it names none."""
+    candidates = checkpoints_in(path)
+    return first_readable(candidates) if len(candidates) > 1 else next(iter(candidates), None)
 
 
 def drop_built_objects(hparams: dict[str, Any]) -> None:

@@ -1,12 +1,11 @@
-"""`python -m lightning_diffusion fit|validate|test|predict --config configs/<experiment>.yaml`."""
+"""The training commands, `python -m lightning_diffusion fit|validate|test|predict --config <experiment>.yaml`."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,10 +17,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_diffusion.callbacks import CheckpointOnSignal, ExactResume, LossProgressBar, MetricsWriter, SampleWriter
 from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
+from lightning_diffusion.data.checks import refuse_empty_data
 from lightning_diffusion.errors import import_class, one_line_errors
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.model.module import DiffusionModule
-from lightning_diffusion.runs import experiment_name, run_dir
+from lightning_diffusion.runs import experiment_name, remove_if_unused, run_dir
 
 DEFAULT_MODEL = "lightning_diffusion.DiffusionModule"
 
@@ -58,9 +58,10 @@ class DiffusionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--experiment",
-            type=Optional[str],
+            type=str | None,
             default=None,
-            help="Name of the experiment: runs go to <output_dir>/<experiment>/version_N (default: the config's file name).",
+            help="Name of the experiment: runs go to <output_dir>/<experiment>/version_N (default: the config's file "
+            "name).",
         )
         parser.add_argument(
             "--float32_matmul_precision",
@@ -187,17 +188,10 @@ class DiffusionCLI(LightningCLI):
         )
 
     def _remove_unused_run_folder(self) -> None:
-        """After a failed run: its version folder goes if it holds nothing but the config (config.yaml,
-        hparams.yaml, empty files or folders), so no empty run lies among the real ones; anything else stays."""
-        folder, trainer = self._run_folder, getattr(self, "trainer", None)
-        if folder is None or trainer is None or not trainer.is_global_zero or not folder.is_dir():
-            return
-        kept = [p for p in folder.rglob("*") if (p.is_file() or p.is_symlink()) and not _disposable(p)]
-        if not kept:
-            shutil.rmtree(folder, ignore_errors=True)
-        root = getattr(self, "_new_root", None)
-        if root is not None and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
+        """After a failed run (on rank zero): its version folder, if it holds nothing but its config."""
+        trainer = getattr(self, "trainer", None)
+        if self._run_folder is not None and trainer is not None and trainer.is_global_zero:
+            remove_if_unused(self._run_folder, getattr(self, "_new_root", None))
 
     def _prepare_sample_metrics(self) -> None:
         """Feature extractors are fetched and loaded now, so a missing file is one sentence before any work."""
@@ -245,11 +239,6 @@ def _has_kind(callbacks: list[L.Callback], default: L.Callback) -> bool:
     return any(isinstance(c, type(default)) for c in callbacks)
 
 
-def _disposable(path: Path) -> bool:
-    """What a run writes before any work: its config (config.yaml, Lightning's hparams.yaml) and empty files."""
-    return path.name in ("config.yaml", "hparams.yaml") or (path.is_file() and path.stat().st_size == 0)
-
-
 _UNTRAINED = {"validate": "measure nothing", "test": "measure nothing", "predict": "sample noise"}
 
 
@@ -273,38 +262,9 @@ class _AfterDataSetup(L.Callback):
         self.then = then
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        _refuse_empty_data(trainer, stage)
+        refuse_empty_data(trainer, stage)
         if stage == "fit":
             self.then()
-
-
-# per stage: the loader it runs on, the Trainer's limit of its batches, what gives more batches
-_STAGE_DATA = {
-    "fit": ("train_dataloader", "limit_train_batches", "lower data.init_args.batch_size or use more training samples"),
-    "validate": ("val_dataloader", "limit_val_batches", "hold out validation samples (the data's num_val_samples)"),
-    "test": ("test_dataloader", "limit_test_batches", "give the data test samples"),
-    "predict": ("predict_dataloader", "limit_predict_batches", "set data.init_args.predict_num_samples to at least 1"),
-}
-
-
-def _refuse_empty_data(trainer: L.Trainer, stage: str) -> None:
-    """One sentence for a run whose data gives no batch (e.g. fewer training samples than a batch, which is dropped)."""
-    data, stage = trainer.datamodule, str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
-    if data is None or stage not in _STAGE_DATA or getattr(trainer, _STAGE_DATA[stage][1]) == 0:
-        return
-    loader_name, _, remedy = _STAGE_DATA[stage]
-    loader = getattr(data, loader_name)()
-    try:
-        if len(loader) > 0:
-            return
-        samples = len(loader.dataset)
-    except TypeError:  # an iterable without a length, or several loaders: nothing to say before it runs
-        return
-    dropped = ", with incomplete batches dropped" if stage == "fit" else ""
-    raise ValueError(
-        f"The {'training' if stage == 'fit' else stage} data gives no batch: {samples} samples and batch_size "
-        f"{getattr(data, 'batch_size', None)}{dropped}: {remedy}."
-    )
 
 
 def _name(logger: Namespace) -> str:

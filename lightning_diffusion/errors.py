@@ -1,6 +1,6 @@
 """Every expected mistake ends as one line on stderr, `error: <what is wrong> <what to do>`, and a non-zero exit.
 
-`one_line_errors()` wraps each entry point (the CLI, inspect, export) around its whole run, so an error raised by a
+`one_line_errors()` wraps each command (the training CLI and every tool) around its whole run, so an error raised by a
 constructor, by jsonargparse, by a DataModule's `prepare_data`/`setup`, by the model's `setup` or by a training
 step is said the same way. Expected are bad input (ValueError and its CheckpointError, argument and YAML errors,
 Lightning's MisconfigurationException, missing files: exit 2) and failures of a run that the user can act on (a
@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 DEBUG_VARIABLE = "LIGHTNING_DIFFUSION_DEBUG"
 INPUT_ERROR, RUN_ERROR = 2, 1  # exit codes: the input is wrong; the run failed
 PROGRAM = "python -m lightning_diffusion"
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's; the tools are lightning_diffusion.tools
 
 _INPUT = (
     ValueError,
@@ -55,9 +55,10 @@ STOPPED_BY_SIGNAL, INTERRUPTED = 128 + signal.SIGTERM, 128 + signal.SIGINT  # ex
 
 
 @contextmanager
-def one_line_errors(args: Sequence[str] | None = None) -> Iterator[None]:
+def one_line_errors(args: Sequence[str] | None = None, command: str | None = None) -> Iterator[None]:
     """Turns an expected error of the block into `error: <sentence>` on stderr and SystemExit(2 or 1); `args`
-    (the command line) lets a YAML error name its file and a parse error its subcommand."""
+    (the command line) lets a YAML error name its file, and a parse error's hint names `command` (default: the
+    training subcommand in `args`)."""
     try:
         yield
     except SIGTERMException as error:  # a stop signal (callbacks.CheckpointOnSignal saved or stopped, and said so)
@@ -81,7 +82,7 @@ def one_line_errors(args: Sequence[str] | None = None) -> Iterator[None]:
     except (*_INPUT, *_RUN) as error:
         if debugging():
             raise
-        _say(sentence(error, args))
+        _say(sentence(error, args, command))
         raise SystemExit(INPUT_ERROR if isinstance(error, _INPUT) else RUN_ERROR) from error
 
 
@@ -98,11 +99,11 @@ def interrupted_sentence(error: BaseException) -> str:
     )
 
 
-def sentence(error: BaseException, args: Sequence[str] | None = None) -> str:
-    """The one line that says `error`."""
+def sentence(error: BaseException, args: Sequence[str] | None = None, command: str | None = None) -> str:
+    """The one line that says `error` (a parse error's hint names `command`, see `argument_sentence`)."""
     error = _innermost(error)
     if isinstance(error, ArgumentError):
-        return argument_sentence(str(error), args)
+        return argument_sentence(str(error), args, command)
     if isinstance(error, yaml.YAMLError):
         return yaml_sentence(error, args)
     if isinstance(error, torch.OutOfMemoryError):
@@ -206,15 +207,18 @@ _CLASS_PATH = re.compile(r"class_path '([^']+)'|Got value: Namespace\(class_path
 
 
 def _type_name(text: str) -> str:
-    """`<class 'int'>` -> int, `typing.Literal['a', 'b']` -> one of 'a', 'b'."""
+    """`<class 'int'>` -> int, `typing.Literal['a', 'b']` -> one of 'a', 'b', `<class 'list'>` -> a list ([x, y])."""
     literal = re.fullmatch(r"(?:typing\.)?Literal\[(.*)\]", text.strip())
-    return f"one of {literal.group(1)}" if literal else re.sub(r"<class '([^']+)'>", r"\1", text).strip()
+    if literal:
+        return f"one of {literal.group(1)}"
+    name = re.sub(r"<class '([^']+)'>", r"\1", text).strip()
+    return "a list ([x, y])" if name == "list" else name
 
 
 def parse_arguments(parser: Any, args: Sequence[str], command: str, required: str | None = None) -> Any:
-    """`parser.parse_args(args)` for an entry point other than the training CLI (`command`, e.g.
-    "python -m lightning_diffusion.tools.evaluate", built with exit_on_error=False): a bad command line is one sentence
-    whose hints name this command; `required`, if given, is the sentence for missing required arguments."""
+    """`parser.parse_args(args)` for a tool (`command`, e.g. "python -m lightning_diffusion evaluate", its parser
+    built with exit_on_error=False): a bad command line is one sentence whose hints name this command; `required`,
+    if given, is the sentence for missing required arguments."""
     try:
         return parser.parse_args(args)
     except ArgumentError as error:
@@ -251,6 +255,8 @@ def argument_sentence(message: str, args: Sequence[str] | None = None, command: 
         return f"there is no option {option!r}{suggestion}: {help_hint}."
     if match := re.search(r"invalid choice: '([^']*)' \(choose from (.+)\)", message):
         return f"{match.group(1)!r} is not a subcommand: use one of {match.group(2)} (`{PROGRAM} --help`)."
+    if re.search(r'expected "(subcommand|command)" to be one of .* but it was not provided', message):
+        return f"a command is missing: `{PROGRAM} --help` lists the commands (fit trains a model)."
     if match := re.search(r"the following arguments are required: (.+)", message):
         owner = _short(cls) if cls else (f"--{key}" if key else _subcommand(args))
         return (

@@ -55,8 +55,8 @@ class WandbLogger(_WandbLogger):
             offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_credentials()
             if offline:
                 rank_zero_info(
-                    f"W&B: no credentials (set WANDB_API_KEY or run `wandb login`), logging offline to {save_dir}/wandb; "
-                    "upload later with `wandb sync`."
+                    "W&B: no credentials (set WANDB_API_KEY or run `wandb login`), logging offline to "
+                    f"{save_dir}/wandb; upload later with `wandb sync`."
                 )
         os.makedirs(save_dir, exist_ok=True)
         self.given_name = name

@@ -1,12 +1,14 @@
-"""Pure plotting: tensors in, matplotlib Figures out. No Lightning here.
+"""Pure plotting: tensors and numbers in, matplotlib Figures out. No Lightning here, and no files (runs.save_figure
+writes them).
 
 Figures are built with `matplotlib.figure.Figure` (not pyplot), so nothing depends on a display or a global state.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -83,16 +85,6 @@ def trajectory_figure(
     return fig
 
 
-def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
-    """Write `fig` as a PNG, creating the folder; never overwrites an existing file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists: plots are never overwritten, choose another run folder.")
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
 def evenly_spaced(n: int, k: int) -> list[int]:
     """k indices spread evenly over range(n), both ends included."""
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
@@ -123,4 +115,90 @@ def progression_figure(frames: Sequence[tuple[float, Tensor, Tensor]], title: st
                     ax.set_ylabel(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def training_curves_figure(
+    curves: Sequence[dict[str, list[tuple[float, float]]]], labels: Sequence[str]
+) -> Figure | None:
+    """Logged metrics against the training step: one panel per metric (the train metrics first; the floors'
+    spreads left out), one line per run of `curves` ({metric: [(step, value), ...]} each); None without metrics."""
+    names = sorted(
+        {name for run in curves for name in run if not name.endswith("_std")},
+        key=lambda n: (not n.startswith("train"), n),
+    )
+    if not names:
+        return None
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = Figure(figsize=(4.4 * columns, 3.2 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax, name in zip(axes, names, strict=False):
+        for run, label in zip(curves, labels, strict=False):
+            points = run.get(name, [])
+            if points:
+                steps, values = zip(*points, strict=False)
+                ax.plot(steps, values, marker="o" if len(points) < 20 else None, markersize=3, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+    for ax in axes[len(names) :]:
+        ax.axis("off")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def quality_curves_figure(
+    rows: Sequence[dict[str, Any]],
+    panels: Sequence[tuple[str, str | None, float]],
+    x: str,
+    lines_by: Sequence[str],
+    title: str,
+) -> Figure | None:
+    """Sample-quality metrics against `x` (NFE, guidance or training step) from an evaluation's rows: a panel per
+    (metric, its floor column or None, a constant reference line) of `panels`, one line per value of the `lines_by`
+    keys that vary (the mean, the seeds' standard deviation `<metric>_std` as error bars), a dashed line at the
+    floor; None if no line has two points."""
+    varying = [key for key in lines_by if len({row.get(key) for row in rows}) > 1] or list(lines_by[:1])
+    lines: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get(x) is not None:
+            lines.setdefault(tuple(row.get(key) for key in varying), []).append(row)
+    if not any(len({row[x] for row in group}) > 1 for group in lines.values()):
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (metric, floor, reference) in zip(axes, panels, strict=False):
+        for key, group in sorted(
+            lines.items(),
+            key=lambda item: [(isinstance(v, str), v if not isinstance(v, str) else 0, str(v)) for v in item[0]],
+        ):
+            group = sorted((row for row in group if row.get(metric) is not None), key=lambda row: row[x])
+            label = ", ".join(
+                f"{k}={v}" if k not in ("sampler", "run") else str(v) for k, v in zip(varying, key, strict=False)
+            )
+            ax.errorbar(
+                [row[x] for row in group],
+                [row[metric] for row in group],
+                yerr=[row.get(f"{metric}_std") or 0.0 for row in group],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        floors = [row[floor] for row in rows if floor and row.get(floor) is not None]
+        level = float(np.mean(floors)) if floors else reference
+        if not math.isnan(level):
+            label = "floor" if floor is None or "_floor" in floor else "real"
+            ax.axhline(level, color="gray", linestyle="--", linewidth=1, label=label)
+        values = [row[metric] for row in rows if row.get(metric) is not None]
+        if values and min(values) > 0 and max(values) > 20 * min(values):  # e.g. ratios from 1 to 30
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_title(metric, fontsize=10)
+        if x == "nfe":
+            ticks = sorted({row[x] for row in rows if row.get(x) is not None})
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [str(t) for t in ticks], minor=False)
+            ax.set_xticks([], minor=True)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return fig

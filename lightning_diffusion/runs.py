@@ -3,16 +3,22 @@
     version_N/config.yaml, metrics.csv, checkpoints/{last.ckpt, best-*.ckpt, interrupted.ckpt}, plots/, samples/
 
 Lightning's CSVLogger numbers the version folders; this module names the experiment, finds the run folder of a
-trainer and the newest resumable checkpoint of an experiment, and never lets a file overwrite another.
+trainer and the checkpoints a path names, numbers the folders of the tools (eval_N, compare_N) the same way, and
+writes every file whole (`write_atomically`) without overwriting another (`free_path`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from matplotlib.figure import Figure
 
 
 def experiment_name(given: str | None, config_files: Sequence[object]) -> str:
@@ -31,43 +37,93 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(getattr(logger, "save_dir", None) or trainer.default_root_dir)
 
 
+def remove_if_unused(folder: Path, root: Path | None = None) -> None:
+    """After a failed run: its version folder goes if it holds nothing but its config (config.yaml, Lightning's
+    hparams.yaml, empty files or folders), so that no empty run lies among the real ones, and then the experiment
+    folder `root` (one the run made) if it is empty; anything else stays."""
+    if not folder.is_dir():
+        return
+    files = [path for path in folder.rglob("*") if path.is_file() or path.is_symlink()]
+    disposable = [
+        path.name in ("config.yaml", "hparams.yaml") or (path.is_file() and not path.stat().st_size) for path in files
+    ]
+    if all(disposable):
+        shutil.rmtree(folder, ignore_errors=True)
+    if root is not None and root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], Any] | str) -> Path:
+    """Writes `path` (its folder made) through `write(file)`, or the text `write`, under a temporary name in the
+    same folder, synced to disk and then moved into place: an interrupted or failed write leaves no file behind,
+    neither a partial one nor the temporary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial{os.getpid()}")
+    try:
+        with open(partial, "wb") as file:
+            if isinstance(write, str):
+                file.write(write.encode())
+            else:
+                write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Writes `fig` as a PNG (atomically); never overwrites an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists: plots are never overwritten, choose another run folder.")
+    return write_atomically(path, lambda file: fig.savefig(file, format="png", dpi=dpi))
+
+
+def numbered(folder: Path, pattern: str) -> dict[int, Path]:
+    """The paths in `folder` named by `pattern` with a number for its `{}` (eval_{} finds eval_0, eval_1, ...),
+    by number."""
+    name = re.compile(re.escape(pattern).replace(r"\{\}", r"(\d+)"))
+    found = (name.fullmatch(path.name) for path in Path(folder).iterdir()) if Path(folder).is_dir() else ()
+    return {int(match.group(1)): Path(folder) / match.group(0) for match in found if match}
+
+
+def next_numbered(folder: Path, pattern: str, first: int = 0) -> Path:
+    """`folder`/`pattern` numbered one above the highest number taken (`first` if none), as Lightning numbers
+    version_N: eval_N, compare_N."""
+    return Path(folder) / pattern.format(max(numbered(folder, pattern), default=first - 1) + 1)
+
+
 def free_path(path: Path) -> Path:
-    """`path`, or `path` with a -1, -2, ... suffix if it exists: nothing a user has is overwritten."""
-    candidate, i = Path(path), 0
-    while candidate.exists():
-        i += 1
-        candidate = Path(path).with_name(f"{Path(path).stem}-{i}{Path(path).suffix}")
-    return candidate
+    """`path`, or if it exists `<stem>-N<suffix>` numbered by `next_numbered` from 1: nothing is overwritten."""
+    path = Path(path)
+    return next_numbered(path.parent, f"{path.stem}-{{}}{path.suffix}", first=1) if path.exists() else path
 
 
-def resumable_checkpoints(output_dir: str, experiment: str) -> list[Path]:
-    """The experiment's resumable checkpoints, newest first: any run's last.ckpt or interrupted.ckpt, and the
-    hpc_ckpt_N.ckpt that Lightning's SLURM requeue saves in <output_dir>/<experiment>."""
-    root = Path(output_dir) / experiment
+def resumable_checkpoints(experiment: Path) -> list[Path]:
+    """The resumable checkpoints of an experiment folder, newest first: any run's last.ckpt or interrupted.ckpt,
+    and the hpc_ckpt_N.ckpt that Lightning's SLURM requeue saves in the experiment folder."""
+    root = Path(experiment)
     candidates = [*root.glob("version_*/checkpoints/last.ckpt"), *root.glob("version_*/checkpoints/interrupted.ckpt")]
     candidates += root.glob("hpc_ckpt_*.ckpt")
     existing = [path for path in candidates if path.exists()]  # a last.ckpt link whose target is gone: skipped
     return sorted(existing, key=lambda path: path.stat().st_mtime, reverse=True)
 
 
-def newest_checkpoint(output_dir: str, experiment: str) -> Path | None:
-    """The most recently written resumable checkpoint of the experiment, or None."""
-    found = resumable_checkpoints(output_dir, experiment)
-    return found[0] if found else None
-
-
-def checkpoints_in(path: str | Path) -> list[Path]:
-    """The checkpoints a path names, newest first: a checkpoint file as given, a run folder's
-    checkpoints/last.ckpt, or an experiment folder's resumable ones ([] if none)."""
+def checkpoints_in(path: str | Path, every: bool = False) -> list[Path]:
+    """The checkpoints a path names: a checkpoint file as given; a run folder's checkpoints/last.ckpt (with `every`,
+    each checkpoint of the run once, files before links, by name: a last.ckpt that links to another is left out);
+    an experiment folder's resumable ones, newest first ([] if none)."""
     path = Path(path)
+    if every and (path / "checkpoints").is_dir():
+        unique: dict[Path, Path] = {}
+        for checkpoint in sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: (p.is_symlink(), p.name)):
+            unique.setdefault(checkpoint.resolve(), checkpoint)  # a real file's name over a link's
+        return list(unique.values())
     if (path / "checkpoints" / "last.ckpt").exists():  # a run folder
         return [path / "checkpoints" / "last.ckpt"]
     if path.is_dir():  # an experiment folder
-        return resumable_checkpoints(str(path.parent), path.name)
+        return resumable_checkpoints(path)
     return [path] if path.is_file() else []
-
-
-def checkpoint_in(path: str | Path) -> Path | None:
-    """The newest checkpoint that `path` names (see checkpoints_in), or None."""
-    found = checkpoints_in(path)
-    return found[0] if found else None

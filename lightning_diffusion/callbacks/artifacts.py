@@ -13,8 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import save_image
 
-from lightning_diffusion.plotting import save_figure
-from lightning_diffusion.runs import free_path, run_dir
+from lightning_diffusion.runs import free_path, run_dir, save_figure
 
 
 def log_png(trainer: L.Trainer, key: str, path: Path) -> None:

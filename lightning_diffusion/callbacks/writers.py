@@ -1,13 +1,13 @@
-"""What `predict`, `validate` and `test` leave in the run folder: samples.npz (and PNG grids of images), metrics_<stage>.json."""
+"""What `predict`, `validate` and `test` leave in the run folder: samples.npz (and PNG grids of images) and
+metrics_<stage>.json."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from lightning_diffusion.plotting import image_grid
-from lightning_diffusion.runs import free_path, run_dir
+from lightning_diffusion.runs import free_path, run_dir, write_atomically
 
 
 def sampling_record(module: L.LightningModule) -> dict[str, np.ndarray]:
@@ -65,7 +65,6 @@ class SampleWriter(BasePredictionWriter):
         if parts["class_labels"][0] is not None:
             arrays["class_labels"] = torch.cat(parts["class_labels"])[order].numpy()
         folder = run_dir(trainer)
-        folder.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         try:
             if samples.ndim == 4:  # images (N, C, H, W) in [0, 1]
@@ -75,8 +74,8 @@ class SampleWriter(BasePredictionWriter):
                 nrow = pl_module.num_classes or int(math.ceil(math.sqrt(min(self.grid_size, len(images)))))
                 for k, start in enumerate(range(0, len(images), self.grid_size or len(images) + 1)):
                     grid = image_grid(images[start : start + self.grid_size], nrow=nrow)
-                    written.append(free_path(folder / f"samples_grid_{k:03d}.png"))
-                    write_atomically(written[-1], lambda file: save_image(grid, file, format="png"))
+                    path = free_path(folder / f"samples_grid_{k:03d}.png")
+                    written.append(write_atomically(path, lambda file, grid=grid: save_image(grid, file, format="png")))
             path = free_path(folder / self.filename)
             write_atomically(path, lambda file: np.savez(file, **arrays))
         except BaseException:  # also a second Ctrl-C: no grids without their samples
@@ -84,18 +83,6 @@ class SampleWriter(BasePredictionWriter):
                 grid_path.unlink(missing_ok=True)
             raise
         rank_zero_info(f"Wrote {len(samples)} samples to {path}")
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Writes `path` through `write(file)` under a temporary name in its folder, moved into place once complete:
-    an interrupted or failed write leaves no half-written file."""
-    partial = path.with_name(f".{path.name}.partial{os.getpid()}")
-    try:
-        with open(partial, "wb") as file:
-            write(file)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class MetricsWriter(Callback):
@@ -118,9 +105,7 @@ class MetricsWriter(Callback):
             "num_samples": getattr(pl_module, "evaluation_num_samples", None),
             "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
         }
-        path = free_path(run_dir(trainer) / f"metrics_{stage}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        path = write_atomically(free_path(run_dir(trainer) / f"metrics_{stage}.json"), json.dumps(record, indent=2))
         rank_zero_info(f"Wrote {stage} metrics to {path}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,6 +1,6 @@
 """Runs side by side, without a server: their curves, the config keys that differ, final metrics and sample grids.
 
-    python -m lightning_diffusion.tools.compare outputs/exp_002_eps_uniform/version_0 outputs/exp_002_v_uniform/version_0
+    python -m lightning_diffusion compare outputs/exp_002_eps_uniform/version_0 outputs/exp_002_v_uniform/version_0
 
 Writes a new <output_dir>/compare_N/: report.md (the runs, a table of only the config keys that differ, the final
 value of every logged metric), curves.png (each metric of metrics.csv against the training step, one line per run, on
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
-from lightning_diffusion.plotting import save_figure
+from lightning_diffusion.plotting import training_curves_figure
+from lightning_diffusion.runs import next_numbered, save_figure, write_atomically
+from lightning_diffusion.tools.report import markdown_table
 
+COMMAND = f"{PROGRAM} compare"
 AXES = ("epoch", "step")  # the columns of metrics.csv that are not metrics
-
-
-def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=f"{PROGRAM}.tools.compare", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
-    parser.add_argument("runs", type=str, nargs="+", help="Run folders (outputs/<experiment>/version_N) to compare.")
-    parser.add_argument("--output_dir", type=str, default="outputs", help="The report goes to <output_dir>/compare_N.")
-    return parser
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -92,32 +85,6 @@ def labels_of(runs: list[Path]) -> list[str]:
     return short if len(set(short)) == len(short) else [str(run) for run in runs]
 
 
-def curves_figure(curves: list[dict[str, list[tuple[float, float]]]], labels: list[str]) -> Figure | None:
-    """One panel per metric (the floors' spreads left to the table), one line per run, against the step."""
-    names = sorted(
-        {name for run in curves for name in run if not name.endswith("_std")},
-        key=lambda n: (not n.startswith("train"), n),
-    )
-    if not names:
-        return None
-    columns = min(3, len(names))
-    rows = math.ceil(len(names) / columns)
-    fig = Figure(figsize=(4.4 * columns, 3.2 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
-    for ax, name in zip(axes, names, strict=False):
-        for run, label in zip(curves, labels, strict=False):
-            points = run.get(name, [])
-            if points:
-                steps, values = zip(*points, strict=False)
-                ax.plot(steps, values, marker="o" if len(points) < 20 else None, markersize=3, label=label)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step")
-    for ax in axes[len(names) :]:
-        ax.axis("off")
-    axes[0].legend(fontsize=7)
-    return fig
-
-
 def samples_figure(images: list[Path | None], labels: list[str]) -> Figure | None:
     shown = [
         (np.asarray(Image.open(path).convert("RGB")), path, label)
@@ -140,24 +107,14 @@ def samples_figure(images: list[Path | None], labels: list[str]) -> Figure | Non
     return fig
 
 
-def _cell(value: Any) -> str:
-    text = (
-        f"{value:.4g}"
-        if isinstance(value, float)
-        else json.dumps(value)
-        if isinstance(value, (list, dict))
-        else str(value)
-    )
-    return text.replace("|", "\\|")
+def compare(runs: list[Path], output_dir: str = "outputs", command: str = "") -> Path:
+    """The report of the runs, in a new compare_N folder (returned).
 
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
-
-
-def compare(runs: list[Path], output_dir: Path, command: str = "") -> Path:
-    """Writes the report of `runs` to a new output_dir/compare_N and returns that folder."""
+    Args:
+        runs: Run folders (outputs/<experiment>/version_N) to compare.
+        output_dir: The report goes to <output_dir>/compare_N.
+        command: The command line, quoted in the report.
+    """
     for run in runs:
         if not (run / "config.yaml").is_file() and not (run / "metrics.csv").is_file():
             raise ValueError(
@@ -169,13 +126,10 @@ def compare(runs: list[Path], output_dir: Path, command: str = "") -> Path:
         yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {} for run in runs
     ]
     curves = [read_metrics(run / "metrics.csv") for run in runs]
-    n = 0
-    while (output_dir / f"compare_{n}").exists():
-        n += 1
-    folder = output_dir / f"compare_{n}"
+    folder = next_numbered(Path(output_dir), "compare_{}")
     folder.mkdir(parents=True)
     figures = {
-        "curves.png": curves_figure(curves, labels),
+        "curves.png": training_curves_figure(curves, labels),
         "samples.png": samples_figure([latest_image(run) for run in runs], labels),
     }
     written = [save_figure(fig, folder / name) for name, fig in figures.items() if fig is not None]
@@ -186,51 +140,44 @@ def compare(runs: list[Path], output_dir: Path, command: str = "") -> Path:
         [label, *[run[name][-1][1] if name in run else "-" for name in finals]]
         for label, run in zip(labels, curves, strict=False)
     ]
+    folders = zip(labels, runs, strict=True)
     text = [
         f"# Comparison of {len(runs)} runs",
         "",
         f"`{command}`" if command else None,
         "",
-        table(
-            ["run", "folder"], [[label, os.path.relpath(run, folder)] for label, run in zip(labels, runs, strict=False)]
-        ),
+        markdown_table(["run", "folder"], [[label, os.path.relpath(run, folder)] for label, run in folders]),
         "",
         "## Config differences",
         "",
-        table(["key", *labels], [[key, *values] for key, values in differences])
+        markdown_table(["key", *labels], [[key, *values] for key, values in differences])
         if differences
         else "The configs are identical.",
         "",
         "## Final metrics (last logged value)",
         "",
-        table(["run", *finals], final_rows) if finals else "No metrics.csv.",
+        markdown_table(["run", *finals], final_rows) if finals else "No metrics.csv.",
         "",
     ]
     text += [f"## {path.stem.capitalize()}\n\n![{path.stem}]({path.name})\n" for path in written]
-    (folder / "report.md").write_text("\n".join(line for line in text if line is not None))
+    write_atomically(folder / "report.md", "\n".join(line for line in text if line is not None))
     print(f"Wrote {folder}: report.md" + "".join(f", {path.name}" for path in written))
     return folder
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
-    args_list = sys.argv[1:] if argv is None else argv
-    with one_line_errors(args_list):
-        args = parse_arguments(
-            make_parser(),
-            args_list,
-            f"{PROGRAM}.tools.compare",
-            required=(
-                "compare needs run folders: python -m lightning_diffusion.tools.compare outputs/<experiment>/version_N "
-                "outputs/<experiment>/version_M ..."
-            ),
-        )
-        return compare(
-            [Path(run) for run in args.runs],
-            Path(args.output_dir),
-            "python -m lightning_diffusion.tools.compare " + " ".join(args_list),
-        )
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0], exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
+    parser.add_argument("runs", type=str, nargs="+", help="Run folders (outputs/<experiment>/version_N) to compare.")
+    parser.add_function_arguments(compare, skip={"runs", "command"})
+    return parser
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: list[str]) -> Path:
+    """`python -m lightning_diffusion compare RUN RUN ...`; an expected error ends as one line `error: ...`."""
+    with one_line_errors(argv, COMMAND):
+        required = (
+            f"compare needs run folders: {COMMAND} outputs/<experiment>/version_N outputs/<experiment>/version_M ..."
+        )
+        args = parse_arguments(make_parser(), argv, COMMAND, required=required)
+        return compare([Path(run) for run in args.runs], args.output_dir, " ".join([COMMAND, *argv]))

@@ -1,7 +1,7 @@
 """Sample quality over a grid of checkpoints x samplers x steps x guidance, one command, resumable.
 
-    python -m lightning_diffusion.tools.evaluate --runs outputs/moons/version_0 \\
-        --samplers DDPMScheduler DPMSolverMultistepScheduler --steps 10 20 --guidance 1.0 --num_samples 2000
+    python -m lightning_diffusion evaluate --runs "[outputs/moons/version_0]" \\
+        --samplers "[DDPMScheduler, DPMSolverMultistepScheduler]" --steps "[10, 20]" --num_samples 2000
 
 Every cell generates --num_samples samples --num_seeds times (seeds --seed, --seed + 1, ...) and reports each metric
 as the mean and standard deviation over them, beside its floor: 2D SWD and MMD as `validate` computes them, images
@@ -13,238 +13,151 @@ the curves quality_vs_nfe.png, quality_vs_guidance.png and quality_vs_step.png (
 
 from __future__ import annotations
 
-import itertools
-import sys
-import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm import tqdm
 
-from lightning_diffusion.checkpoints import check_checkpoint, read_checkpoint
+from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named, read_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.metrics.features import INCEPTION_PATH
 from lightning_diffusion.model.module import DiffusionModule
-from lightning_diffusion.runs import checkpoints_in
-from lightning_diffusion.tools.grid import Cell, cell_row, generation_labels
+from lightning_diffusion.runs import checkpoints_in, next_numbered, numbered, write_atomically
+from lightning_diffusion.tools.grid import cell_key, cell_row, check_cells, generation_labels, grid_cells, score_samples
 from lightning_diffusion.tools.report import (
     CELL_COLUMNS,
     append_row,
     log_to_wandb,
-    markdown_table,
     metric_columns,
     read_rows,
+    results_table,
     write_summaries,
 )
-from lightning_diffusion.tools.scoring import IMAGE_BATCH, SampleArrays, Scorers, build_data, run_config, run_folder
+from lightning_diffusion.tools.scoring import IMAGE_BATCH, Scorers, run_config, run_folder
 
+COMMAND = f"{PROGRAM} evaluate"
 NOT_IDENTITY = ("config", "progress", "resume", "wandb_project")  # options that do not change a cell's numbers
 
 
-def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=f"{PROGRAM}.tools.evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
-    add = parser.add_argument
-    add("--config", action=ActionConfigFile, help="A YAML file of these options; the command line overrides it.")
-    add(
-        "--runs",
-        type=str,
-        nargs="+",
-        default=[],
-        help="Run folders (their last checkpoint, or every checkpoint with "
-        "--all_checkpoints), experiment folders (their newest checkpoint) or .ckpt files.",
-    )
-    add("--all_checkpoints", type=bool, default=False, help="Every checkpoint of each run folder, not only the last.")
-    add(
-        "--samples",
-        type=str,
-        nargs="+",
-        default=[],
-        help="samples.npz files written by `predict`, each scored as it "
-        "is (one cell; its sampler, steps and guidance as the file records them).",
-    )
-    add("--samplers", type=str, nargs="+", default=None, help="Samplers of the grid (default: each checkpoint's own).")
-    add(
-        "--steps",
-        type=int,
-        nargs="+",
-        default=None,
-        help="num_inference_steps of the grid (default: each checkpoint's).",
-    )
-    add(
-        "--guidance",
-        type=float,
-        nargs="+",
-        default=None,
-        help="Guidance scales of the grid (default: each checkpoint's).",
-    )
-    add(
-        "--cells",
-        type=str,
-        nargs="+",
-        default=None,
-        help="SAMPLER:STEPS pairs instead of the --samplers x --steps "
-        "product (e.g. DDPMScheduler:1000 DDIMScheduler:50), each with every --guidance.",
-    )
-    add("--num_samples", type=int, default=2000, help="Samples generated per cell and seed.")
-    add("--seed", type=int, default=0, help="Seed of the first resampling (as the model's sample_seed in `validate`).")
-    add("--num_seeds", type=int, default=3, help="Resamplings per cell (seeds seed, seed + 1, ...): the spread.")
-    add(
-        "--batch_size",
-        type=Optional[int],
-        default=None,
-        help="Samples generated (and scored) at a time (default: "
-        "the checkpoint's sample_batch_size; else all at once for 2D, 250 for images).",
-    )
-    add(
-        "--reference",
-        type=str,
-        default="held_out",
-        help="The real samples scored against: held_out (the split of "
-        "`test`; its images after the first n give the floor), train, or a folder of images or a samples.npz.",
-    )
-    add(
-        "--classifier",
-        type=Optional[str],
-        default=None,
-        help="Images: an ImageClassifier checkpoint, run or experiment folder, for classifier_fd, _kid and _accuracy.",
-    )
-    add(
-        "--inception_weights",
-        type=Optional[str],
-        default=INCEPTION_PATH,
-        help="Images: FID and KID when this Inception weights file exists (null: never).",
-    )
-    add("--device", type=str, default="auto", help="Where to sample: cpu, cuda, ... (auto: cuda if available).")
-    add(
-        "--output_dir",
-        type=Optional[str],
-        default=None,
-        help="Write to <output_dir>/<experiment>/eval_N (default: eval_N beside the first run's version folders).",
-    )
-    add(
-        "--experiment",
-        type=Optional[str],
-        default=None,
-        help="The experiment folder of the evaluation, under "
-        "--output_dir (default: the first run's experiment), e.g. exp_002 for a grid over several experiments.",
-    )
-    add(
-        "--resume",
-        type=bool,
-        default=True,
-        help="Continue the newest eval_N of the same options, skipping its "
-        "finished cells (false: always a new eval_N).",
-    )
-    add("--progress", type=bool, default=True, help="Progress bars over the cells and the samples.")
-    add(
-        "--wandb_project",
-        type=Optional[str],
-        default=None,
-        help="Also log the table and plots to this W&B "
-        "project (online with credentials, else offline into the eval folder).",
-    )
-    return parser
+@dataclass
+class Options:
+    """The grid and how to run it; `--config options.yaml` gives them as a YAML file, the command line overrides it.
+
+    Args:
+        runs: Run folders (their last checkpoint, or every checkpoint with --all_checkpoints), experiment folders
+            (their newest checkpoint) or .ckpt files.
+        all_checkpoints: Every checkpoint of each run folder, not only the last.
+        samples: samples.npz files written by `predict`, each scored as it is (one cell; its sampler, steps and
+            guidance as the file records them).
+        samplers: Samplers of the grid (default: each checkpoint's own).
+        steps: num_inference_steps of the grid (default: each checkpoint's).
+        guidance: Guidance scales of the grid (default: each checkpoint's).
+        cells: SAMPLER:STEPS pairs instead of the samplers x steps product (e.g. [DDPMScheduler:1000,
+            DDIMScheduler:50]), each with every guidance scale.
+        num_samples: Samples generated per cell and seed.
+        seed: Seed of the first resampling (as the model's sample_seed in `validate`).
+        num_seeds: Resamplings per cell (seeds seed, seed + 1, ...): the spread.
+        batch_size: Samples generated (and scored) at a time (default: the checkpoint's sample_batch_size; else all
+            at once for 2D, 250 for images).
+        reference: The real samples scored against: held_out (the split of `test`; its images after the first n
+            give the floor), train, or a folder of images or a samples.npz.
+        classifier: Images: an ImageClassifier checkpoint, run or experiment folder, for classifier_fd, _kid and
+            _accuracy.
+        inception_weights: Images: FID and KID when this Inception weights file exists (null: never).
+        device: Where to sample: cpu, cuda, ... (auto: cuda if available).
+        output_dir: Write to <output_dir>/<experiment>/eval_N (default: eval_N beside the first run's version
+            folders).
+        experiment: The experiment folder of the evaluation under output_dir (default: the first run's
+            experiment), e.g. exp_002 for a grid over several experiments.
+        resume: Continue the newest eval_N of the same options, skipping its finished cells (false: always a new
+            eval_N).
+        progress: Progress bars over the cells and the samples.
+        wandb_project: Also log the table and plots to this W&B project (online with credentials, else offline
+            into the eval folder).
+    """
+
+    runs: list[str] = field(default_factory=list)
+    all_checkpoints: bool = False
+    samples: list[str] = field(default_factory=list)
+    samplers: list[str] | None = None
+    steps: list[int] | None = None
+    guidance: list[float] | None = None
+    cells: list[str] | None = None
+    num_samples: int = 2000
+    seed: int = 0
+    num_seeds: int = 3
+    batch_size: int | None = None
+    reference: str = "held_out"
+    classifier: str | None = None
+    inception_weights: str | None = INCEPTION_PATH
+    device: str = "auto"
+    output_dir: str | None = None
+    experiment: str | None = None
+    resume: bool = True
+    progress: bool = True
+    wandb_project: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.runs and not self.samples:
+            raise ValueError(
+                "Nothing to evaluate: give --runs (run folders or checkpoints) or --samples (samples.npz)."
+            )
+        if self.reference not in ("held_out", "train") and not Path(self.reference).exists():
+            raise ValueError(
+                f"--reference {self.reference} is neither held_out, train, nor an existing .npz or image folder."
+            )
+        for name, least, values in (
+            ("steps", 1, self.steps),
+            ("num_samples", 2, [self.num_samples]),
+            ("num_seeds", 1, [self.num_seeds]),
+            ("batch_size", 1, [self.batch_size or 1]),
+        ):
+            if values and min(values) < least:
+                raise ValueError(f"--{name} must be at least {least}, got {min(values)}.")
 
 
-def _check(args: Namespace) -> None:
-    if not args.runs and not args.samples:
-        raise ValueError("Nothing to evaluate: give --runs (run folders or checkpoints) or --samples (samples.npz).")
-    if args.reference not in ("held_out", "train") and not Path(args.reference).exists():
-        raise ValueError(
-            f"--reference {args.reference} is neither held_out, train, nor an existing .npz or image folder."
-        )
-    for name, values in (
-        ("steps", args.steps),
-        ("num_samples", [args.num_samples]),
-        ("num_seeds", [args.num_seeds]),
-        ("batch_size", [args.batch_size or 1]),
-    ):
-        if values and min(values) < (2 if name == "num_samples" else 1):
-            raise ValueError(f"--{name} must be at least {2 if name == 'num_samples' else 1}, got {min(values)}.")
+def identity(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that decide the cells' numbers (an unset one, None, is absent from a saved config.yaml)."""
+    return {k: v for k, v in (options or {}).items() if k not in NOT_IDENTITY and v is not None}
 
 
 def checkpoints_of(run: str, every: bool) -> list[Path]:
-    """The checkpoints that --runs names: a file, a run folder's last (or every one, deduplicated, last.ckpt being a
-    link to one of them), an experiment folder's newest."""
-    path = Path(run)
-    every = every and (path / "checkpoints").is_dir()  # a run folder's; a file or an experiment folder gives one
-    found = sorted((path / "checkpoints").glob("*.ckpt")) if every else checkpoints_in(path)[:1]
-    unique: dict[Path, Path] = {}
-    for checkpoint in sorted(found, key=lambda p: p.is_symlink()):  # a real file's name over a link's
-        unique.setdefault(checkpoint.resolve(), checkpoint)
-    if not unique:
+    """The checkpoints that --runs names: with `every`, each of a run folder's; else the one it names."""
+    if every and (Path(run) / "checkpoints").is_dir():
+        found = checkpoints_in(run, every=True)
+    else:
+        found = [checkpoint for checkpoint in [checkpoint_named(run)] if checkpoint is not None]
+    if not found:
         raise ValueError(
             f"{run} holds no checkpoint: give a run folder (outputs/<experiment>/version_N), an "
             "experiment folder or a .ckpt file."
         )
-    return list(unique.values())
+    return found
 
 
-def eval_folder(args: Namespace, parser: ArgumentParser, first: Path, experiment: str) -> Path:
-    """The newest eval_N of the same options (when resuming), else the next free one, made (with config.yaml, the
+def eval_folder(options: Options, first: Path, experiment: str) -> Path:
+    """The newest eval_N of the same options (when resuming), else the next one, made (with config.yaml, the
     options) when its first row is written: an error before any cell leaves no folder."""
-    named = args.output_dir or args.experiment
-    root = Path(args.output_dir or "outputs") / experiment if named else run_folder(first).parent
-    identity = lambda options: {k: v for k, v in (options or {}).items() if k not in NOT_IDENTITY}  # noqa: E731
-    mine = identity(yaml.safe_load(parser.dump(args)))
-    numbered = {int(p.name[5:]): p for p in root.glob("eval_*") if p.name[5:].isdigit()}
-    for n in sorted(numbered, reverse=True) if args.resume else []:
-        saved = numbered[n] / "config.yaml"
-        if saved.is_file() and identity(yaml.safe_load(saved.read_text())) == mine:
-            return numbered[n]
-    return root / f"eval_{max(numbered, default=-1) + 1}"
+    named = options.output_dir or options.experiment
+    root = Path(options.output_dir or "outputs") / experiment if named else run_folder(first).parent
+    folders = numbered(root, "eval_{}")
+    for n in sorted(folders, reverse=True) if options.resume else []:
+        saved = folders[n] / "config.yaml"
+        if saved.is_file() and identity(yaml.safe_load(saved.read_text())) == identity(asdict(options)):
+            return folders[n]
+    return next_numbered(root, "eval_{}")
 
 
-def sampler_steps(args: Namespace, model: DiffusionModule) -> list[tuple[str, int]]:
-    """The (sampler, steps) of the grid: the --cells pairs, or the --samplers x --steps product."""
-    if args.cells:
-        pairs = [cell.rpartition(":") for cell in args.cells]
-        if not all(name and steps.isdigit() and int(steps) > 0 for name, _, steps in pairs):
-            raise ValueError(f"--cells takes SAMPLER:STEPS pairs such as DDIMScheduler:50, got {' '.join(args.cells)}.")
-        return [(name, int(steps)) for name, _, steps in pairs]
-    # the model's own choices: the config's, or its formulation's defaults where the config left them null
-    return list(itertools.product(args.samplers or [model.sampler_name], args.steps or [model.num_inference_steps]))
-
-
-def model_cells(args: Namespace, model: DiffusionModule) -> list[Cell]:
-    guidance = args.guidance or [float(model.hparams.guidance_scale)]
-    if not model.num_classes and any(g != 1.0 for g in guidance):
-        raise ValueError(
-            f"--guidance {' '.join(map(str, guidance))} needs a conditional model; this one has no "
-            "classes: leave --guidance out (or give 1.0)."
-        )
-    return [Cell(sampler, steps, g) for (sampler, steps), g in itertools.product(sampler_steps(args, model), guidance)]
-
-
-def check_cells(model: DiffusionModule, cells: list[Cell], labels: Any | None) -> None:
-    """One sample per sampler and guidance with the fewest steps: a sampler or option the model refuses is one
-    sentence before the grid's long work."""
-    fewest = min(cell.steps for cell in cells)
-    for sampler, guidance in sorted({(cell.sampler, cell.guidance) for cell in cells}):
-        model.sample(
-            1,
-            sampler=sampler,
-            num_inference_steps=fewest,
-            guidance_scale=guidance,
-            class_labels=None if labels is None else labels[:1],
-            generator=torch.Generator().manual_seed(0),
-        )
-
-
-def cell_key(checkpoint: Any, step: Any, sampler: Any, steps: Any, guidance: Any) -> tuple:
-    """What identifies a cell in results.csv (a moved last.ckpt has another step, so it is evaluated again)."""
-    return str(checkpoint), step, str(sampler), steps, None if guidance is None else float(guidance)
-
-
-def evaluate(args: Namespace, parser: ArgumentParser | None = None, command: str = "") -> Path:
-    """Runs the grid that `args` (make_parser's options) describes; returns the eval folder."""
-    _check(args)
-    parser = parser or make_parser()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    checkpoints = [c for run in args.runs for c in checkpoints_of(run, args.all_checkpoints)]
+def evaluate(options: Options, command: str = "") -> Path:
+    """Runs the grid that `options` describe; returns the eval folder."""
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
+    )
+    checkpoints = [c for run in options.runs for c in checkpoints_of(run, options.all_checkpoints)]
     kinds = {
         len(check_checkpoint(c, "DiffusionModule", needed_by="evaluate needs").get("sample_shape") or (2,))
         for c in checkpoints
@@ -255,24 +168,23 @@ def evaluate(args: Namespace, parser: ArgumentParser | None = None, command: str
     for checkpoint in checkpoints:  # a run's checkpoints of one step hold one model (best and last of an epoch)
         step = int(read_checkpoint(checkpoint).get("global_step", 0))
         infos.setdefault((str(run_folder(checkpoint)), step), (checkpoint, run_config(checkpoint), step))
-    samples = [Path(path) for path in args.samples]
+    samples = [Path(path) for path in options.samples]
     first = checkpoints[0] if checkpoints else samples[0]
-    experiment = args.experiment or run_config(first).get("experiment") or run_folder(first).parent.name
-    folder = eval_folder(args, parser, first, experiment)
+    experiment = options.experiment or run_config(first).get("experiment") or run_folder(first).parent.name
+    folder = eval_folder(options, first, experiment)
     results = folder / "results.csv"
     columns, rows = read_rows(results)
     done = {cell_key(r["checkpoint"], r["step"], r["sampler"], r["steps"], r["guidance"]) for r in rows}
-    seeds = [args.seed + k for k in range(args.num_seeds)]
-    scorers = Scorers(args, device)
-    per_model = len(args.cells or [0]) if args.cells else len(args.samplers or [0]) * len(args.steps or [0])
-    per_model *= len(args.guidance or [0])
-    cells_bar = tqdm(total=per_model * len(infos) + len(samples), desc="cells", disable=not args.progress)
+    seeds = [options.seed + k for k in range(options.num_seeds)]
+    scorers = Scorers(options, device)
+    per_model = len(options.cells or [0]) if options.cells else len(options.samplers or [0]) * len(options.steps or [0])
+    per_model *= len(options.guidance or [0])
+    cells_bar = tqdm(total=per_model * len(infos) + len(samples), desc="cells", disable=not options.progress)
 
     def record(row: dict[str, Any], names: list[str]) -> None:
         nonlocal columns
         if not folder.exists():
-            folder.mkdir(parents=True)
-            (folder / "config.yaml").write_text(parser.dump(args))
+            write_atomically(folder / "config.yaml", yaml.safe_dump(asdict(options), sort_keys=False))
         columns = columns or [*CELL_COLUMNS, *metric_columns(names), "seconds"]
         if set(row) - set(columns):
             raise ValueError(
@@ -286,17 +198,17 @@ def evaluate(args: Namespace, parser: ArgumentParser | None = None, command: str
     try:
         for _, (checkpoint, config, step) in sorted(infos.items()):
             model = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu").to(device).eval()
-            cells = model_cells(args, model)
+            cells = grid_cells(model, options.samplers, options.steps, options.guidance, options.cells)
             run = f"{run_folder(checkpoint).parent.name}/{run_folder(checkpoint).name}"
             todo = [c for c in cells if cell_key(checkpoint, step, *c) not in done]
             cells_bar.update(len(cells) - len(todo))
             if not todo:
                 continue
-            scorer = scorers.get(config, model.sample_shape, args.num_samples, model.num_classes)
-            labels = generation_labels(model, scorer.labels, args.num_samples)
+            scorer = scorers.get(config, model.sample_shape, options.num_samples, model.num_classes)
+            labels = generation_labels(model, scorer.labels, options.num_samples)
             check_cells(model, todo, labels)
             batch_size = (
-                args.batch_size
+                options.batch_size
                 or model.hparams.get("sample_batch_size")
                 or (IMAGE_BATCH if len(model.sample_shape) > 1 else None)
             )
@@ -305,78 +217,49 @@ def evaluate(args: Namespace, parser: ArgumentParser | None = None, command: str
                     f"{run} step {step}: {cell.sampler}, {cell.steps} steps, guidance {cell.guidance}"
                 )
                 with tqdm(
-                    total=args.num_samples * len(seeds), desc="samples", leave=False, disable=not args.progress
+                    total=options.num_samples * len(seeds), desc="samples", leave=False, disable=not options.progress
                 ) as bar:
-                    row, names = cell_row(model, scorer, cell, labels, args.num_samples, seeds, batch_size, bar)
+                    row, names = cell_row(model, scorer, cell, labels, options.num_samples, seeds, batch_size, bar)
                 record({"checkpoint": str(checkpoint), "run": run, "step": step, **row}, names)
         for path in samples:
             if any(str(r["checkpoint"]) == str(path) for r in rows):
                 cells_bar.update(1)
                 continue
-            record(*score_samples(scorers, path))
+            record(*score_samples(scorers, path, options.batch_size or IMAGE_BATCH))
     finally:  # an error's sentence starts on a line of its own
         cells_bar.close()
-    return finish(args, folder, experiment, columns, rows, command)
+    return finish(options, folder, experiment, columns, rows, command)
 
 
-def score_samples(scorers: Scorers, path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The row of a samples.npz of `predict`, scored as it is; its sampler, steps and guidance as the file records
-    them (else from its run's config)."""
-    start, config = time.perf_counter(), run_config(path)
-    data = build_data(config)
-    arrays = SampleArrays(path, data)
-    scorer = scorers.get(config, tuple(data.sample_shape), len(arrays), data.num_classes)
-    accumulated, batch = scorer.new(), scorers.args.batch_size or IMAGE_BATCH
-    for begin in range(0, len(arrays), batch):
-        labels = None if arrays.labels is None else arrays.labels[begin : begin + batch]
-        scorer.add(accumulated, arrays.x[begin : begin + batch], labels)
-    scores = scorer.scores(accumulated)
-    options, checkpoint = (config.get("model") or {}).get("init_args") or {}, config.get("ckpt_path")
-    options = {**options, **arrays.sampling}  # the file's own record of its sampling wins over the config's
-    step = int(read_checkpoint(checkpoint).get("global_step", 0)) if checkpoint and Path(checkpoint).is_file() else None
-    row = {
-        "checkpoint": str(path),
-        "run": f"{run_folder(path).parent.name}/{run_folder(path).name}",
-        "step": step,
-        "sampler": options.get("sampler"),
-        "steps": options.get("num_inference_steps"),
-        "nfe": None,
-        "guidance": options.get("guidance_scale", 1.0),
-        "samples": len(arrays),
-        "seeds": 1,
-        **scores,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return row, list(scores)
-
-
-def finish(args: Namespace, folder: Path, experiment: str, columns: list[str], rows: list[dict], command: str) -> Path:
+def finish(options: Options, folder: Path, experiment: str, columns: list[str], rows: list[dict], command: str) -> Path:
     """Once every cell is in results.csv: the summaries (written once; a complete rerun leaves them) and W&B."""
-    print(markdown_table(columns, rows))
+    print(results_table(columns, rows))
     if (folder / "results.md").exists():
         print(f"All {len(rows)} cells were already in {folder / 'results.csv'}.")
         return folder
     details = (
-        f"{args.num_samples} samples per cell, mean ± standard deviation over {args.num_seeds} seeds from "
-        f"{args.seed}; reference: {args.reference}; NFE = network calls of one sampling call (a guided "
+        f"{options.num_samples} samples per cell, mean ± standard deviation over {options.num_seeds} seeds from "
+        f"{options.seed}; reference: {options.reference}; NFE = network calls of one sampling call (a guided "
         "conditional + unconditional pair is one batched call)."
     )
     meta = {"experiment": experiment, "command": command, "details": details, "columns": columns}
     plots = write_summaries(folder, columns, rows, meta)
-    if args.wandb_project:
-        log_to_wandb(args.wandb_project, folder, experiment, columns, rows, plots)
+    if options.wandb_project:
+        log_to_wandb(options.wandb_project, folder, experiment, columns, rows, plots)
     print(f"Wrote {folder}: results.csv, results.json, results.md" + "".join(f", {p.name}" for p in plots))
     return folder
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
-    args_list = sys.argv[1:] if argv is None else argv
-    with one_line_errors(args_list):
-        parser = make_parser()
-        args = parse_arguments(parser, args_list, f"{PROGRAM}.tools.evaluate")
-        return evaluate(args, parser, "python -m lightning_diffusion.tools.evaluate " + " ".join(args_list))
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0], exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
+    parser.add_class_arguments(Options)
+    return parser
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: list[str]) -> Path:
+    """`python -m lightning_diffusion evaluate ...`; an expected error ends as one line `error: ...`."""
+    with one_line_errors(argv, COMMAND):
+        values = parse_arguments(make_parser(), argv, COMMAND).as_dict()
+        values.pop("config", None)
+        return evaluate(Options(**values), " ".join([COMMAND, *argv]))

@@ -1,6 +1,6 @@
 """Export a trained image checkpoint to diffusers.
 
-    python -m lightning_diffusion.tools.export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
+    python -m lightning_diffusion export outputs/mnist/version_0/checkpoints/last.ckpt exports/mnist
 
 An unconditional VP (DDPM) model becomes a `DDPMPipeline` folder (`DDPMPipeline.from_pretrained(folder)` samples
 it); a conditional one, and any EDM or flow-matching model, saves its `unet/` and the matching `scheduler/`
@@ -11,24 +11,32 @@ schedulers), plus `lightning_diffusion.json` with the formulation, the classes a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from diffusers import DDPMPipeline
+from jsonargparse import ArgumentParser
 
 from lightning_diffusion.checkpoints import check_checkpoint
-from lightning_diffusion.errors import one_line_errors
+from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.formulations import VP
 from lightning_diffusion.model.module import DiffusionModule
+from lightning_diffusion.runs import write_atomically
+
+COMMAND = f"{PROGRAM} export"
 
 
-def export(checkpoint: Path, folder: Path) -> Path:
-    """Write the checkpoint's UNet and schedule (EMA weights, as saved) to `folder`, which must not exist yet (or be
-    empty). It is written beside it first and moved into place when complete, so a failed export leaves nothing."""
+def export(checkpoint: str | Path, folder: str | Path) -> Path:
+    """Writes the checkpoint's UNet and schedule (EMA weights, as saved) to a new diffusers folder.
+
+    The folder is written beside its place first and moved there when complete, so a failed export leaves nothing.
+
+    Args:
+        checkpoint: A DiffusionModule checkpoint with a UNetDenoiser.
+        folder: The diffusers folder to write; it must not exist yet (or be empty).
+    """
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} already exists and is not empty: export to a new folder.")
@@ -65,22 +73,20 @@ def export(checkpoint: Path, folder: Path) -> Path:
             "data_mean": model.data_mean.flatten().tolist(),
             "data_std": model.data_std.flatten().tolist(),
         }
-        (partial / "lightning_diffusion.json").write_text(json.dumps(info, indent=2))
+        write_atomically(partial / "lightning_diffusion.json", json.dumps(info, indent=2))
         os.replace(partial, folder)  # onto nothing or an empty folder
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point; an expected error ends as one line `error: ...` (errors.one_line_errors)."""
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a DiffusionModule checkpoint with a UNetDenoiser")
-    parser.add_argument("folder", type=Path, help="the new diffusers folder")
-    args = parser.parse_args(argv)
-    with one_line_errors(sys.argv[1:] if argv is None else argv):
-        print(f"Exported to {export(args.checkpoint, args.folder)}")
-
-
-if __name__ == "__main__":
-    main()
+def main(argv: list[str]) -> Path:
+    """`python -m lightning_diffusion export CHECKPOINT FOLDER`; an expected error ends as one line `error: ...`."""
+    with one_line_errors(argv, COMMAND):
+        parser = ArgumentParser(prog=COMMAND, description=__doc__.strip().splitlines()[0], exit_on_error=False)
+        parser.add_function_arguments(export, as_positional=True)
+        required = f"export needs a checkpoint and a new folder: {COMMAND} <run>/checkpoints/last.ckpt exports/<name>."
+        args = parse_arguments(parser, argv, COMMAND, required=required)
+        folder = export(args.checkpoint, args.folder)
+        print(f"Exported to {folder}")
+        return folder

@@ -1,5 +1,6 @@
-"""What `evaluate` writes: results.csv a row at a time (a finished cell is never lost), and, once the grid is
-complete, results.json, results.md and the quality curves; optionally the table and curves to W&B."""
+"""What the tools write: markdown tables (`markdown_table`), and for `evaluate` results.csv a row at a time (a
+finished cell is never lost), then, once the grid is complete, results.json, results.md and the quality curves;
+optionally the table and curves to W&B."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
-
 from lightning_diffusion.loggers import WandbLogger
-from lightning_diffusion.plotting import save_figure
+from lightning_diffusion.plotting import quality_curves_figure
+from lightning_diffusion.runs import save_figure, write_atomically
 
 # What a row says about its cell; the metric columns follow, then `seconds`.
 CELL_COLUMNS = ["checkpoint", "run", "step", "sampler", "steps", "nfe", "guidance", "samples", "seeds"]
@@ -64,25 +63,37 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
         return list(reader.fieldnames or []), rows
 
 
-def _format(value: Any, spread: Any = None) -> str:
+def cell(value: Any) -> str:
+    """A value as a markdown table cell: a float to 4 significant digits, a list or dict as JSON, None as -."""
     if value is None:
-        return "-"
-    if isinstance(value, float):
+        text = "-"
+    elif isinstance(value, float):
         text = f"{value:.4g}"
-        return (
-            text if spread is None or (isinstance(spread, float) and math.isnan(spread)) else f"{text} ± {spread:.2g}"
-        )
-    return str(value)
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|")
 
 
-def markdown_table(columns: list[str], rows: list[Row]) -> str:
-    """One line per cell; a metric shows as mean ± standard deviation over the seeds, a floor ± the spread of its
-    independent draws (where it has several)."""
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table of `rows` under `header`, each value written by `cell`."""
+    lines = [[cell(name) for name in header], ["---"] * len(header), *([cell(value) for value in row] for row in rows)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def _mean_spread(row: Row, column: str) -> Any:
+    """A metric's mean ± its standard deviation over the seeds (a floor ± the spread of its draws), where it has one."""
+    value, spread = row.get(column), row.get(f"{column}_std")
+    if not isinstance(value, float) or spread is None or (isinstance(spread, float) and math.isnan(spread)):
+        return value
+    return f"{value:.4g} ± {spread:.2g}"
+
+
+def results_table(columns: list[str], rows: list[Row]) -> str:
+    """The markdown table of an evaluation: one line per cell, each metric as mean ± standard deviation."""
     shown = [c for c in columns if not c.endswith("_std") and c != "checkpoint"]
-    lines = ["| " + " | ".join(shown) + " |", "| " + " | ".join("---" for _ in shown) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(c), row.get(f"{c}_std")) for c in shown) + " |")
-    return "\n".join(lines)
+    return markdown_table(shown, [[_mean_spread(row, c) for c in shown] for row in rows])
 
 
 def plotted_metrics(columns: list[str]) -> list[tuple[str, str | None, float]]:
@@ -103,61 +114,6 @@ def plotted_metrics(columns: list[str]) -> list[tuple[str, str | None, float]]:
     return panels
 
 
-def curves_figure(rows: list[Row], columns: list[str], x: str, lines_by: list[str], title: str) -> Figure | None:
-    """Each metric against `x`, one line per value of `lines_by` (mean, with the seeds' standard deviation as
-    error bars), beside a dashed line at its floor; None if no line has two points."""
-    varying = [key for key in lines_by if len({row.get(key) for row in rows}) > 1] or lines_by[:1]
-    lines: dict[tuple, list[Row]] = {}
-    for row in rows:
-        if row.get(x) is not None:
-            lines.setdefault(tuple(row.get(key) for key in varying), []).append(row)
-    if not any(len({row[x] for row in group}) > 1 for group in lines.values()):
-        return None
-    panels = plotted_metrics(columns)
-    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
-    for ax, (metric, floor, reference) in zip(axes, panels, strict=False):
-        for key, group in sorted(
-            lines.items(),
-            key=lambda item: [(isinstance(v, str), v if not isinstance(v, str) else 0, str(v)) for v in item[0]],
-        ):
-            group = sorted((row for row in group if row.get(metric) is not None), key=lambda row: row[x])
-            label = ", ".join(
-                f"{k}={v}" if k not in ("sampler", "run") else str(v) for k, v in zip(varying, key, strict=False)
-            )
-            ax.errorbar(
-                [row[x] for row in group],
-                [row[metric] for row in group],
-                yerr=[row.get(f"{metric}_std") or 0.0 for row in group],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-        floors = [row[floor] for row in rows if floor and row.get(floor) is not None]
-        level = float(np.mean(floors)) if floors else reference
-        if not math.isnan(level):
-            ax.axhline(
-                level,
-                color="gray",
-                linestyle="--",
-                linewidth=1,
-                label="floor" if floor is None or "_floor" in floor else "real",
-            )
-        values = [row[metric] for row in rows if row.get(metric) is not None]
-        if values and min(values) > 0 and max(values) > 20 * min(values):  # e.g. ratios from 1 to 30
-            ax.set_yscale("log")
-        ax.set_xlabel(x)
-        ax.set_title(metric, fontsize=10)
-        if x == "nfe":
-            ticks = sorted({row[x] for row in rows if row.get(x) is not None})
-            ax.set_xscale("log")
-            ax.set_xticks(ticks, [str(t) for t in ticks], minor=False)
-            ax.set_xticks([], minor=True)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    return fig
-
-
 PLOTS = {  # file: (x axis, one line per)
     "quality_vs_nfe.png": ("nfe", ["sampler", "run", "step", "guidance"]),
     "quality_vs_guidance.png": ("guidance", ["sampler", "steps", "run", "step"]),
@@ -167,24 +123,25 @@ PLOTS = {  # file: (x axis, one line per)
 
 def write_summaries(folder: Path, columns: list[str], rows: list[Row], meta: dict[str, Any]) -> list[Path]:
     """results.json, results.md and the plots whose axis has two values or more; returns the plots."""
-    (folder / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    write_atomically(folder / "results.json", json.dumps({**meta, "rows": rows}, indent=2))
     plots = []
     for name, (x, lines_by) in PLOTS.items():
-        fig = curves_figure(rows, columns, x, lines_by, f"{meta['experiment']}: quality against {x}")
+        title = f"{meta['experiment']}: quality against {x}"
+        fig = quality_curves_figure(rows, plotted_metrics(columns), x, lines_by, title)
         if fig is not None:
             plots.append(save_figure(fig, folder / name))
     text = (
         f"# {meta['experiment']}: {folder.name}\n\n`{meta['command']}`\n\n{meta['details']}\n\n"
-        f"{markdown_table(columns, rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+        f"{results_table(columns, rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
     )
-    (folder / "results.md").write_text(text)
+    write_atomically(folder / "results.md", text)
     return plots
 
 
 def log_to_wandb(
     project: str, folder: Path, experiment: str, columns: list[str], rows: list[Row], plots: list[Path]
 ) -> None:
-    """The results table and the plots as one W&B run (online with credentials, offline otherwise) in the eval folder."""
+    """The results table and the plots as one W&B run in the eval folder (online with credentials, else offline)."""
     logger = WandbLogger(
         project=project,
         name=f"{experiment}/{folder.name}",

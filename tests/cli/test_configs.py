@@ -93,3 +93,16 @@ def test_bad_input_is_one_sentence_before_training(run_cli, capsys, tmp_path, ov
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list((tmp_path / "outputs").rglob("*.ckpt"))  # nothing ran
+
+
+def test_the_console_script_is_the_one_command():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")
+    from conftest import REPO
+
+    from lightning_diffusion.__main__ import main
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["lightning-diffusion"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main

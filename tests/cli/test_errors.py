@@ -1,5 +1,5 @@
-"""Every mistake of issue 15 answered in one sentence: each case runs the real entry point (the CLI, inspect or
-export) and must end with its exit code, one line `error: ...` holding the expected words, no traceback, and
+"""Every mistake of issue 15 answered in one sentence: each case runs the real command (a training command, inspect
+or export) and must end with its exit code, one line `error: ...` holding the expected words, no traceback, and
 nothing written. The cases are data (CASES), shared with the table of notes/reliability.md, which
 
     python tests/cli/test_errors.py > /tmp/table.md
@@ -28,6 +28,8 @@ sys.path.insert(0, str(TESTS))
 from conftest import REPO, cpu_overrides  # noqa: E402
 from helpers.fakes import GENDERS, make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
 from test_signals import SENDER, send  # noqa: E402
+
+from lightning_diffusion.__main__ import main as command  # noqa: E402
 
 MOONS, MNIST_COND = str(REPO / "configs/moons.yaml"), str(REPO / "configs/mnist_cond.yaml")
 CIFAR, CELEB = str(REPO / "configs/cifar10.yaml"), str(REPO / "configs/celeb_cond.yaml")
@@ -88,10 +90,9 @@ def celeb(folder: str) -> list[str]:
 @dataclass
 class Case:
     what: str  # the mistake, as the table names it
-    args: list[str]  # the command line after `python -m <entry>`, run in the world folder
+    args: list[str]  # the command line after `python -m lightning_diffusion`, run in the world folder
     code: int  # the exit code
     words: tuple[str, ...]  # in the `error:` line
-    entry: str = "lightning_diffusion"  # or lightning_diffusion.tools.inspect, lightning_diffusion.tools.export
     env: dict[str, str] = field(default_factory=dict)
     writes: bool | None = False  # whether files appear in the world (None: not checked, the run decides)
     line: str = "error:"  # how the lines shown in the table start
@@ -309,34 +310,28 @@ CASES = [
     # the other entry points
     Case(
         "inspect --timesteps beyond the schedule",
-        ["--config", MOONS, "--output_dir", "out", "--timesteps", "0", "1000"],
+        ["inspect", "--config", MOONS, "--output_dir", "out", "--timesteps", "[0, 1000]"],
         2,
         ("--timesteps 1000 lie outside the schedule's 0 to 999",),
-        entry="lightning_diffusion.tools.inspect",
     ),
     Case(
         "export of an ImageClassifier",
-        ["classifier.ckpt", "exports/a"],
+        ["export", "classifier.ckpt", "exports/a"],
         2,
         ("export needs a DiffusionModule",),
-        entry="lightning_diffusion.tools.export",
     ),
-    Case(
-        "export of a 2D model", [CKPT, "exports/b"], 2, ("only image UNets",), entry="lightning_diffusion.tools.export"
-    ),
+    Case("export of a 2D model", ["export", CKPT, "exports/b"], 2, ("only image UNets",)),
     Case(
         "export into a folder that is not empty",
-        [CKPT, "exports/full"],
+        ["export", CKPT, "exports/full"],
         2,
         ("exports/full already exists",),
-        entry="lightning_diffusion.tools.export",
     ),
     Case(
         "export of a truncated checkpoint",
-        ["truncated.ckpt", "exports/c"],
+        ["export", "truncated.ckpt", "exports/c"],
         2,
         ("not a readable checkpoint",),
-        entry="lightning_diffusion.tools.export",
     ),
     # stop signals, which the run sends itself at a batch (tested in test_signals.py)
     Case(
@@ -455,7 +450,8 @@ def make_world(root: Path) -> None:
     }
     torch.save(checkpoint, root / "classifier.ckpt")
     (root / "metrics.yaml").write_text(
-        "model:\n  val_num_samples: 8\n  sample_metrics:\n    - class_path: lightning_diffusion.metrics.features.ClassifierMetrics\n"
+        "model:\n  val_num_samples: 8\n  sample_metrics:\n"
+        "    - class_path: lightning_diffusion.metrics.features.ClassifierMetrics\n"
         f"      init_args:\n        checkpoint: {CKPT}\n"
     )
     (root / "exports/full").mkdir(parents=True)
@@ -510,12 +506,6 @@ def world(tmp_path_factory):
     return root
 
 
-def entry_point(entry: str):
-    import importlib
-
-    return importlib.import_module("lightning_diffusion.cli" if entry == "lightning_diffusion" else entry).main
-
-
 def offline_hub(monkeypatch) -> None:
     import datasets
     import huggingface_hub
@@ -536,7 +526,7 @@ def test_every_mistake_is_one_sentence(case, world, monkeypatch, capsys):
         offline_hub(monkeypatch)
     before = snapshot(world)
     with pytest.raises(SystemExit) as exit_info:
-        entry_point(case.entry)(list(case.args))
+        command(list(case.args))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == case.code, err[-3000:]
@@ -638,7 +628,11 @@ def table(root: Path, words: list[str] | None = None) -> str:
         before = snapshot(root)
         env = {**os.environ, "LIGHTNING_DIFFUSION_DEBUG": "", **case.env}
         # a case with a signal runs the same CLI through test_signals.SENDER, which sends it
-        argv = ["-c", SENDER, *case.args, *send(*case.signal)] if case.signal else ["-m", case.entry, *case.args]
+        argv = (
+            ["-c", SENDER, *case.args, *send(*case.signal)]
+            if case.signal
+            else ["-m", "lightning_diffusion", *case.args]
+        )
         result = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, env=env)
         lines = [
             re.sub(r"^\S+\.py:\d+: (\w+Warning: )?", "", line.strip())
@@ -654,7 +648,7 @@ def table(root: Path, words: list[str] | None = None) -> str:
         for _config, small in SMALL.items():
             if args[-len(small) :] == small:
                 args = [*args[: -len(small)], "(+ CPU test sizes)"]
-        command = " ".join(f"'{a}'" if "{" in a else a for a in [f"python -m {case.entry}", *args])
+        command = " ".join(f"'{a}'" if "{" in a or " " in a else a for a in ["python -m lightning_diffusion", *args])
         prefix = "".join(f"{name}={value} " for name, value in case.env.items() if name.startswith("LIGHTNING"))
         shown = line.replace(f"{root}/", "").replace(f"{REPO}/", "").replace(str(Path(sys.executable).parent), "…")
         new = written(before, snapshot(root))

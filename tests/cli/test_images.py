@@ -111,7 +111,7 @@ def test_export_conditional_unet_reloads_in_diffusers(trained_cond, tmp_path):
 def test_unconditional_export_is_a_ddpm_pipeline_that_samples_as_the_model(tmp_path, fake_mnist_root, capsys):
     from diffusers import DDPMPipeline
 
-    from lightning_diffusion.tools.export import main as export_main
+    from lightning_diffusion.__main__ import main
 
     fit(
         MNIST,
@@ -125,7 +125,7 @@ def test_unconditional_export_is_a_ddpm_pipeline_that_samples_as_the_model(tmp_p
         "1",
     )
     (ckpt,) = (tmp_path / "mnist" / "version_0" / "checkpoints").glob("last.ckpt")
-    export_main([str(ckpt), str(tmp_path / "pipe")])  # the command's entry point
+    main(["export", str(ckpt), str(tmp_path / "pipe")])  # the command's entry point
     assert f"Exported to {tmp_path / 'pipe'}" in capsys.readouterr().out
     pipe = DDPMPipeline.from_pretrained(tmp_path / "pipe")
     noise = torch.Generator().manual_seed(0)
@@ -145,7 +145,7 @@ def test_export_command_refuses_a_2d_checkpoint_naming_its_denoiser(trained_moon
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_diffusion.tools.export", str(trained_moons.last), str(tmp_path / "export")],
+        [sys.executable, "-m", "lightning_diffusion", "export", str(trained_moons.last), str(tmp_path / "export")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,6 @@ from lightning.pytorch.callbacks import Callback
 
 import lightning_diffusion.callbacks as callbacks
 from lightning_diffusion.errors import one_line_errors
-from lightning_diffusion.runs import newest_checkpoint
 
 STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
 SMALL = [
@@ -301,30 +300,6 @@ def test_the_ranks_agree_at_lightnings_own_logging_steps(accumulate):
     )
     trainer.fit(model, Toy2DDataModule(num_samples=640, num_val_samples=64, batch_size=64))
     assert agreed == logged and len(logged) >= 2
-
-
-def test_newest_checkpoint(tmp_path):
-    root = tmp_path / "moons"
-    assert newest_checkpoint(str(tmp_path), "moons") is None
-
-    def write(relative, mtime):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        os.utime(path, (mtime, mtime))
-        return path
-
-    write("version_0/checkpoints/epoch=9-step=90.ckpt", 100)
-    (root / "version_0/checkpoints/last.ckpt").symlink_to("epoch=9-step=90.ckpt")
-    interrupted = write("version_1/checkpoints/interrupted.ckpt", 200)
-    write("version_1/checkpoints/best-epoch=001.ckpt", 300)  # not a resume point
-    (root / "version_2/checkpoints").mkdir(parents=True)
-    (root / "version_2/checkpoints/last.ckpt").symlink_to("gone.ckpt")  # a link whose target was deleted
-    assert newest_checkpoint(str(tmp_path), "moons") == interrupted
-    hpc = write("hpc_ckpt_1.ckpt", 250)  # Lightning's SLURM requeue checkpoint, in <output_dir>/<experiment>
-    assert newest_checkpoint(str(tmp_path), "moons") == hpc
-    os.utime(root / "version_0/checkpoints/epoch=9-step=90.ckpt", (400, 400))  # the link's target decides
-    assert newest_checkpoint(str(tmp_path), "moons") == root / "version_0/checkpoints/last.ckpt"
 
 
 # ------------------------------------------------------------------------------- Ctrl-C, and a stop during predict

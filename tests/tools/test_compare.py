@@ -1,4 +1,5 @@
-"""`python -m lightning_diffusion.tools.compare`: two tiny moons runs side by side, written as a report with its plots."""
+"""`python -m lightning_diffusion compare`: two tiny moons runs side by side, written as a report with its plots; and
+the one command's top level and the tools' bad command lines."""
 
 import re
 
@@ -6,6 +7,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from lightning_diffusion.__main__ import main as command
 from lightning_diffusion.tools.compare import config_differences, main
 
 
@@ -86,26 +88,42 @@ def test_not_a_run_folder_is_one_sentence(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "module, argv, words",
+    "argv, words",
     [
         (
-            "evaluate",
-            ["--runz", "x"],
-            "unrecognized arguments: --runz x: `python -m lightning_diffusion.tools.evaluate --help`",
+            ["evaluate", "--runz", "x"],
+            "unrecognized arguments: --runz x: `python -m lightning_diffusion evaluate --help`",
         ),
-        ("evaluate", ["--num_samples", "abc"], "--num_samples expects int but got 'abc'"),
+        (["evaluate", "--num_samples", "abc"], "--num_samples expects int but got 'abc'"),
         (
-            "compare",
-            [],
-            "compare needs run folders: python -m lightning_diffusion.tools.compare outputs/<experiment>/version_N",
+            ["compare"],
+            "compare needs run folders: python -m lightning_diffusion compare outputs/<experiment>/version_N",
         ),
+        (["export", "a.ckpt"], "export needs a checkpoint and a new folder: python -m lightning_diffusion export"),
+        (["inspect", "--num_samples", "x"], "`python -m lightning_diffusion inspect --help` lists every option"),
+        (
+            ["train"],
+            "'train' is not a subcommand: use one of 'fit', 'validate', 'test', 'predict', 'evaluate', 'compare'",
+        ),
+        ([], "a command is missing: `python -m lightning_diffusion --help` lists the commands"),
     ],
 )
-def test_a_bad_command_line_of_evaluate_or_compare_is_one_sentence_naming_that_command(capsys, module, argv, words):
-    import importlib
-
+def test_a_bad_command_line_of_a_tool_is_one_sentence_naming_that_command(capsys, argv, words):
     with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(f"lightning_diffusion.tools.{module}").main(argv)
+        command(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
     assert "lightning_diffusion fit" not in err
+
+
+def test_the_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command(["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for name in ("fit", "validate", "test", "predict", "evaluate", "compare", "export", "inspect"):
+        assert re.search(rf"^ +{name} +[A-Z]", text, re.M), (name, text)
+    for name in ("evaluate", "compare", "export", "inspect"):
+        with pytest.raises(SystemExit) as exit_info:
+            command([name, "--help"])
+        assert exit_info.value.code == 0 and f"usage: python -m lightning_diffusion {name}" in capsys.readouterr().out

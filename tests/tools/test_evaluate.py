@@ -1,14 +1,17 @@
-"""`python -m lightning_diffusion.tools.evaluate`: a 2D grid equals `validate` cell for cell, rows have the promised
+"""`python -m lightning_diffusion evaluate`: a 2D grid equals `validate` cell for cell, rows have the promised
 columns, an interrupted grid resumes with only its missing cells, bad input is one sentence before any work, and an
 image grid streams through the classifier (guidance, NFE, predict's samples.npz scored as they are)."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, cpu_overrides
 
+from lightning_diffusion.__main__ import main
 from lightning_diffusion.metrics.features import FeatureStats, frechet_distance_of
 from lightning_diffusion.tools import evaluate
 
@@ -43,7 +46,7 @@ def rows_of(folder):
 
 
 def run(tmp_path, *args):
-    return evaluate.main([*args, "--progress", "false", "--output_dir", str(tmp_path / "evals")])
+    return main(["evaluate", *args, "--progress", "false", "--output_dir", str(tmp_path / "evals")])
 
 
 def test_2d_grid_equals_validate_and_counts_network_calls(trained_moons, tmp_path):
@@ -74,13 +77,11 @@ def test_2d_grid_equals_validate_and_counts_network_calls(trained_moons, tmp_pat
     folder = run(
         tmp_path,
         "--runs",
-        str(trained_moons.run),
+        f"[{trained_moons.run}]",
         "--samplers",
-        "DDIMScheduler",
-        "HeunDiscreteScheduler",
+        "[DDIMScheduler, HeunDiscreteScheduler]",
         "--steps",
-        "5",
-        "10",
+        "[5, 10]",
         "--num_samples",
         "500",
         "--num_seeds",
@@ -120,13 +121,11 @@ def test_an_interrupted_grid_resumes_with_only_its_missing_cells(trained_moons, 
     monkeypatch.setattr(evaluate, "cell_row", cell_row)
     grid = [
         "--runs",
-        str(trained_moons.run),
+        f"[{trained_moons.run}]",
         "--samplers",
-        "DDIMScheduler",
-        "UniPCMultistepScheduler",
+        "[DDIMScheduler, UniPCMultistepScheduler]",
         "--steps",
-        "4",
-        "8",
+        "[4, 8]",
         "--num_samples",
         "200",
         "--num_seeds",
@@ -153,14 +152,39 @@ def test_an_interrupted_grid_resumes_with_only_its_missing_cells(trained_moons, 
     assert run(tmp_path, *grid[:-2], "--num_seeds", "1") == folder.with_name("eval_1")  # other options: a new folder
 
 
+def test_the_options_file_and_a_saved_config_name_the_same_grid(tmp_path):
+    """`--config options.yaml` plus overrides gives the options; an eval folder whose config.yaml holds them (also
+    without the unset ones, as the parser dumped them) is the one a resume continues."""
+    (tmp_path / "options.yaml").write_text("runs: [outputs/moons/version_0]\nsteps: [5, 10]\nnum_seeds: 2\n")
+    values = evaluate.make_parser().parse_args(["--config", str(tmp_path / "options.yaml"), "--num_seeds", "1"])
+    options = evaluate.Options(**{k: v for k, v in values.as_dict().items() if k != "config"})
+    assert (options.runs, options.steps, options.num_seeds, options.samplers) == (
+        ["outputs/moons/version_0"],
+        [5, 10],
+        1,
+        None,
+    )
+    options.output_dir = str(tmp_path / "evals")
+    root = tmp_path / "evals" / "moons"
+    saved = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+    for n, changes in enumerate(({"num_seeds": 3}, {"progress": False, "wandb_project": "p"}, {"steps": [5]})):
+        (root / f"eval_{n}").mkdir(parents=True)
+        (root / f"eval_{n}" / "config.yaml").write_text(yaml.safe_dump({**saved, **changes}))
+    assert evaluate.eval_folder(options, tmp_path, "moons") == root / "eval_1"  # progress and W&B change no number
+    options.resume = False
+    assert evaluate.eval_folder(options, tmp_path, "moons") == root / "eval_3"
+
+
 def test_bad_input_is_one_sentence_before_any_work(trained_moons, tmp_path, capsys):
+    run_folder = f"[{trained_moons.run}]"
     cases = [
         ([], "Nothing to evaluate"),
-        (["--runs", str(tmp_path / "nothing")], "holds no checkpoint"),
-        (["--runs", str(trained_moons.run), "--steps", "x"], "--steps expects int"),
-        (["--runs", str(trained_moons.run), "--guidance", "2.0"], "needs a conditional model"),
-        (["--runs", str(trained_moons.run), "--samplers", "NoSuchScheduler", "--steps", "5"], "NoSuchScheduler"),
-        (["--runs", str(trained_moons.run), "--cells", "DDIMScheduler"], "SAMPLER:STEPS"),
+        (["--runs", f"[{tmp_path / 'nothing'}]"], "holds no checkpoint"),
+        (["--runs", run_folder, "--steps", "x"], "--steps expects a list ([x, y]) but got 'x'"),
+        (["--runs", run_folder, "--steps", "[x]"], "--steps expects int but got 'x'"),
+        (["--runs", run_folder, "--guidance", "[2.0]"], "needs a conditional model"),
+        (["--runs", run_folder, "--samplers", "[NoSuchScheduler]", "--steps", "[5]"], "NoSuchScheduler"),
+        (["--runs", run_folder, "--cells", "[DDIMScheduler]"], "SAMPLER:STEPS"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -269,15 +293,13 @@ def test_image_grid_streams_through_the_classifier(image_runs, tmp_path):
     folder = run(
         tmp_path,
         "--runs",
-        str(image_runs / "mnist_cond" / "version_0"),
+        f"[{image_runs / 'mnist_cond' / 'version_0'}]",
         "--samplers",
-        "DDIMScheduler",
+        "[DDIMScheduler]",
         "--steps",
-        "2",
-        "3",
+        "[2, 3]",
         "--guidance",
-        "1.0",
-        "2.0",
+        "[1.0, 2.0]",
         "--num_samples",
         "30",
         "--num_seeds",
@@ -291,7 +313,7 @@ def test_image_grid_streams_through_the_classifier(image_runs, tmp_path):
         "--inception_weights",
         "null",
         "--samples",
-        str(predicted),
+        f"[{predicted}]",
     )
     columns, rows = rows_of(folder)
     assert {
@@ -326,7 +348,7 @@ def test_scored_samples_name_the_sampler_that_made_them(image_runs, tmp_path):
     folder = run(
         tmp_path,
         "--samples",
-        str(predicted),
+        f"[{predicted}]",
         "--reference",
         "train",
         "--inception_weights",
@@ -343,12 +365,11 @@ def test_wandb_gets_the_table_and_the_plots(trained_moons, tmp_path, monkeypatch
     folder = run(
         tmp_path,
         "--runs",
-        str(trained_moons.run),
+        f"[{trained_moons.run}]",
         "--samplers",
-        "DDIMScheduler",
+        "[DDIMScheduler]",
         "--steps",
-        "3",
-        "6",
+        "[3, 6]",
         "--num_samples",
         "100",
         "--num_seeds",

@@ -3,7 +3,11 @@
 import numpy as np
 from conftest import REPO
 
-from lightning_diffusion.tools.inspect import main
+from lightning_diffusion.__main__ import main as command
+
+
+def main(argv):
+    return command(["inspect", *argv])
 
 
 def test_moons_schedule_and_l2_dynamics_match_theory(tmp_path):
@@ -29,9 +33,7 @@ def test_image_forward_process_grid(tmp_path, fake_mnist_root):
             "--num_samples",
             "64",
             "--timesteps",
-            "0",
-            "500",
-            "999",
+            "[0, 500, 999]",
             "--data.init_args.root",
             str(fake_mnist_root),
             "--data.init_args.download",
