@@ -1,6 +1,7 @@
 """Framework overhead: DiffusionModule under the Lightning Trainer vs the plain PyTorch loop of the seeds' notebooks.
 
-    python benchmarks/overhead.py                 # a 1-parameter model, the moons MLP and the MNIST UNet, on CPU (and CUDA if present)
+    python benchmarks/overhead.py                 # a 1-parameter model, the moons MLP and the MNIST UNet
+    #                                               (on CPU, and CUDA if present)
     python benchmarks/overhead.py --steps 5 --notes ''   # the small mode the tests run
 
 Both sides train the same denoiser (same initial weights) with the same scheduler, optimizer and batches, held in

@@ -257,12 +257,14 @@ def main(argv: list[str] | None = None) -> str:
                 columns[1] = "(a GPU only)"
             sites = ", ".join(f"{n} x {site}" for site, n in python.sites.most_common(3))
             rows.append(
-                f"| {name} | {args.device} | {args.steps} | {args.log_every_n_steps} | {epoch} | {columns[0]} | {columns[1]} | {sites} |"
+                f"| {name} | {args.device} | {args.steps} | {args.log_every_n_steps} | {epoch} "
+                f"| {columns[0]} | {columns[1]} | {sites} |"
             )
     table = "\n".join(
         [
-            "| config | device | steps | log every | batches an epoch | syncs of a step (max): other / logging / epoch's "
-            "last, by the calls | the same, as CUDA counts them | where |",
+            "| config | device | steps | log every | batches an epoch "
+            "| syncs of a step (max): other / logging / epoch's last, by the calls "
+            "| the same, as CUDA counts them | where |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
         ]

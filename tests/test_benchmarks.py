@@ -85,7 +85,7 @@ def test_throughput_small_mode():
 
 
 def test_cpu_benchmark_configs_compose(fake_mnist_root, run_cli):
-    """configs/benchmarks/: the classifier and the small UNet of the CPU sampler table, on top of the shipped configs."""
+    """configs/benchmarks/: the classifier and the small UNet of the CPU sampler table, over the shipped configs."""
     fragments = ["--config", str(REPO / "configs/benchmarks/mnist_5k_cpu.yaml")]
     short = [
         "--data.init_args.root",

@@ -111,7 +111,7 @@ def test_exact_samples_score_a_mean_swd_ratio_of_one():
         floors = floor_metrics(real, floor_sets(data, real, None, None))
         mean, std = (s.numpy() for s in data._splits["stats"])
 
-        def ratio(shift: float, j: int) -> float:
+        def ratio(shift: float, j: int, k=k, mean=mean, std=std, real=real, floors=floors) -> float:
             points, _ = draw_toy2d("moons", n, 0.05, np.random.RandomState([k, 100, j]))
             model = torch.from_numpy((points + shift - mean) / std).float()
             return distribution_metrics(model, real, floors=floors)["swd_ratio"].item()
