@@ -101,6 +101,48 @@ def test_ema_decay_warms_up():
     assert warmup_decay(0.999, 100_000) == 0.999
 
 
+@pytest.mark.parametrize("every, start", [(1, None), (2, 3)])
+def test_ema_equals_the_closed_form_of_its_warmed_up_decays(every, start):
+    """Parameter c_k at optimizer step k: the average after the updates u_0 < u_1 < ... is
+    sum_i (1 - d_i) prod_{j > i} d_j c_{u_i}, with d_0 = 0 (the first update copies) and d_i = min(decay, (1 + i) /
+    (10 + i)); validation runs on it and the checkpoint holds it as the state_dict, the training weights beside it."""
+    from types import SimpleNamespace
+
+    import lightning as L
+
+    from lightning_diffusion.callbacks import EMA
+
+    module = L.LightningModule()
+    module.net = torch.nn.Linear(3, 2).double()
+    ema = EMA(decay=0.9, update_every_n_steps=every, update_starting_at_step=start)
+    ema.setup(SimpleNamespace(), module, "fit")
+    values = [torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(20)]
+    for k, value in enumerate(values):  # the optimizer step k leaves the weights at values[k]
+        torch.nn.utils.vector_to_parameters(value, module.parameters())
+        ema.on_train_batch_end(SimpleNamespace(global_step=k + 1), module, None, None, k)
+    updated = [k for k in range(20) if (start is None or k >= start) and k % every == 0]
+    decays = [0.0] + [min(0.9, (1 + i) / (10 + i)) for i in range(1, len(updated))]
+    expected = torch.zeros(8, dtype=torch.float64)
+    for i, k in enumerate(updated):
+        expected += (1 - decays[i]) * torch.tensor(decays[i + 1 :], dtype=torch.float64).prod() * values[k]
+    assert ema.num_updates == len(updated)
+
+    trainer = SimpleNamespace(sanity_checking=False, global_step=20)
+    ema.on_validation_epoch_start(trainer, module)
+    assert torch.allclose(torch.nn.utils.parameters_to_vector(module.parameters()), expected, rtol=0, atol=1e-13)
+    ema.on_validation_epoch_end(trainer, module)
+    ema.on_validation_end(trainer, module)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(module.parameters()), values[-1])
+    checkpoint = {"state_dict": module.state_dict()}
+    ema.on_save_checkpoint(trainer, module, checkpoint)
+    saved = torch.cat([checkpoint["state_dict"]["net.weight"].flatten(), checkpoint["state_dict"]["net.bias"]])
+    assert torch.allclose(saved, expected, rtol=0, atol=1e-13)
+    training = torch.cat(
+        [checkpoint["current_model_state"]["net.weight"].flatten(), checkpoint["current_model_state"]["net.bias"]]
+    )
+    assert torch.equal(training, values[-1])
+
+
 def test_forward_frames_follow_q_sample():
     x0 = torch.randn(100, 2)
     eps = torch.randn(100, 2)
