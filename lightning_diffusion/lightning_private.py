@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.precision import amp
 
@@ -43,16 +42,10 @@ def refuses_clipping(trainer: L.Trainer, optimizer: Any) -> bool:
     )
 
 
-def averaged_model(callback: WeightAveraging) -> Any:
-    """The AveragedModel of a weight-averaging callback (None before `fit` set it up)."""
-    return callback._average_model
-
-
 # LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
 _USED = {  # name -> whether a bare Trainer and the classes still have it
     "Trainer._signal_connector.received_sigterm": lambda t: hasattr(t._signal_connector, "received_sigterm"),
     "Trainer._logger_connector.should_update_logs": lambda t: hasattr(type(t._logger_connector), "should_update_logs"),
-    "WeightAveraging._average_model": lambda t: hasattr(WeightAveraging(), "_average_model"),
     "_FitLoop.epoch_loop.batch_progress.is_last_batch": lambda t: hasattr(
         t.fit_loop.epoch_loop.batch_progress, "is_last_batch"
     ),
