@@ -143,6 +143,55 @@ def test_ema_equals_the_closed_form_of_its_warmed_up_decays(every, start):
     assert torch.equal(training, values[-1])
 
 
+def test_ema_resumes_a_checkpoint_of_lightnings_weight_averaging_layout_and_saves_it_again():
+    """The fixture was saved by the EMA on Lightning's WeightAveraging (3 updates): the average, the training weights,
+    the update count and the last update's step come back, and a save writes the same layout and tensors."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from lightning_diffusion.callbacks import EMA
+
+    path = Path(__file__).parent / "fixtures/moons_cond_v0.1.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = DiffusionModule.load_from_checkpoint(path)  # Lightning loads the state_dict: the EMA weights
+    ema = EMA()
+    ema.setup(SimpleNamespace(), model, "fit")
+    ema.on_load_checkpoint(SimpleNamespace(), model, checkpoint)
+    ema.load_state_dict(checkpoint["callbacks"]["EMA"])
+    assert ema.num_updates == 3 and ema.latest_update_step == checkpoint["callbacks"]["EMA"]["latest_update_step"]
+    saved = {"state_dict": model.state_dict()}
+    ema.on_save_checkpoint(SimpleNamespace(), model, saved)
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert saved[key].keys() == checkpoint[key].keys(), key
+        for name, value in checkpoint[key].items():
+            assert torch.equal(saved[key][name], value), (key, name)
+    assert not torch.equal(
+        checkpoint["state_dict"]["denoiser.time_embedding.linear_1.weight"],
+        checkpoint["current_model_state"]["denoiser.time_embedding.linear_1.weight"],
+    )
+
+
+def test_the_validation_record_keeps_the_first_samples_their_noise_and_steps_across_chunks():
+    from lightning_diffusion.metrics.validation import generate
+
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(),
+        scheduler=SCHEDULER,
+        sampler="DDIMScheduler",
+        num_inference_steps=5,
+        sample_batch_size=30,
+    )
+    samples, record = generate(model, 100, None, keep=70, keep_steps=40)
+    assert samples.shape == (100, 2) and torch.equal(record.samples, samples[:70]) and record.noise.shape == (70, 2)
+    assert len(record.steps) == 5 and all(x_t.shape == (40, 2) for _, x_t in record.steps)
+    assert torch.equal(record.steps[-1][1], samples[:40])  # the x_t after the last step is the sample
+    for start in (0, 30):  # the samples of each chunk come from its recorded noise
+        again = model.sample(30, noise=record.noise[start : start + 30], data_space=False)
+        assert torch.equal(again, samples[start : start + 30])
+    _, nothing = generate(model, 100, None)
+    assert len(nothing.samples) == len(nothing.noise) == 0 and nothing.steps == []
+
+
 def test_forward_frames_follow_q_sample():
     x0 = torch.randn(100, 2)
     eps = torch.randn(100, 2)

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_diffusion.callbacks.artifacts import log_figure, real_points, should_run, shows_metric_samples
+from lightning_diffusion.callbacks.artifacts import log_figure, real_points, reuses_metrics, should_run
 from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.plotting import trajectory_figure
 
@@ -47,9 +47,9 @@ class TrajectoryPlot(Callback):
     EDM's samples are shown as x / sqrt(1 + sigma^2), so that every panel shares the axes.
 
     When the model's sample metrics generate at least `num_points` samples on this device (`val_num_samples`), the
-    bottom row follows the first `num_points` of them (`DiffusionModule.validation_samples`, which then keeps their
-    steps) and is drawn once the metrics are done (`on_validation_end`): the metrics' weights, sampler and noise.
-    Otherwise the plot samples its own points.
+    bottom row follows the first `num_points` of them (`DiffusionModule.validation_samples`, which then keeps them
+    and their steps) and is drawn once the metrics are done (`on_validation_end`): the metrics' weights, sampler
+    and noise. Otherwise the plot samples its own points.
 
     Args:
         every_n_epochs: How often, in epochs (the last epoch always draws).
@@ -72,11 +72,12 @@ class TrajectoryPlot(Callback):
         self.tracked_index, self.seed = tracked_index, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if shows_metric_samples(trainer, pl_module, self.num_points):
-            pl_module.validation_steps_kept = max(getattr(pl_module, "validation_steps_kept", 0), self.num_points)
+        if reuses_metrics(trainer, pl_module, self.num_points):
+            pl_module.validation_samples_kept = max(pl_module.validation_samples_kept, self.num_points)
+            pl_module.validation_steps_kept = max(pl_module.validation_steps_kept, self.num_points)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not should_run(trainer, self.every_n_epochs) or shows_metric_samples(trainer, pl_module, self.num_points):
+        if not should_run(trainer, self.every_n_epochs) or reuses_metrics(trainer, pl_module, self.num_points):
             return
         generator = torch.Generator().manual_seed(self.seed)
         x0, progress, forward = self._forward(trainer, pl_module, generator)
@@ -92,13 +93,12 @@ class TrajectoryPlot(Callback):
         self._draw(trainer, forward, reverse_frames(pl_module.formulation, noise, steps, generated, progress))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not should_run(trainer, self.every_n_epochs) or not shows_metric_samples(
-            trainer, pl_module, self.num_points
-        ):
+        # the module's on_validation_epoch_end, which Lightning calls after the callbacks', wrote the samples
+        if not should_run(trainer, self.every_n_epochs) or not reuses_metrics(trainer, pl_module, self.num_points):
             return
         x0, progress, forward = self._forward(trainer, pl_module, torch.Generator().manual_seed(self.seed))
         record, n = pl_module.validation_samples, len(x0)
-        if record is None or not record.steps or len(record.steps[0][1]) < n:
+        if record is None or len(record.samples) < n or not record.steps or len(record.steps[0][1]) < n:
             rank_zero_warn("TrajectoryPlot: the sample metrics kept the steps of fewer points than it shows; no plot.")
             return
         steps = [(t, x_t[:n]) for t, x_t in record.steps]

@@ -161,9 +161,11 @@ class DiffusionModule(L.LightningModule):
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: float | None = None
-        # What the sample metrics of the last evaluation generated on this rank, for the plots (None before the first)
+        # The first of the samples that the sample metrics of the last evaluation generated on this rank, for the
+        # plots: how many of them (callbacks.SamplePlot and TrajectoryPlot set it), and of how many every sampler step
         self.validation_samples: ValidationSamples | None = None
-        self.validation_steps_kept = 0  # of how many of them it keeps every sampler step (callbacks.TrajectoryPlot)
+        self.validation_samples_kept = 0
+        self.validation_steps_kept = 0
         self.evaluation_num_samples: int | None = None  # the generated samples the last sample metrics used, all ranks'
 
     # ---------------------------------------------------------------- sampling
@@ -331,7 +333,7 @@ class DiffusionModule(L.LightningModule):
         if real is None or self.trainer.sanity_checking:
             return
         metrics, self.validation_samples, self.evaluation_num_samples = sample_quality(
-            self, real, labels, self.validation_steps_kept
+            self, real, labels, self.validation_samples_kept, self.validation_steps_kept
         )
         # every rank holds the same values: the reduce changes nothing
         self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
