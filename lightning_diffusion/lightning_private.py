@@ -6,10 +6,7 @@ Lightning upgrade that moves one of these fails there, naming it, rather than de
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
-from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 
 
@@ -25,16 +22,10 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     return module._trainer
 
 
-def averaged_model(callback: WeightAveraging) -> Any:
-    """The AveragedModel of a weight-averaging callback (None before `fit` set it up)."""
-    return callback._average_model
-
-
 # LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
 _USED = {  # name -> whether a bare Trainer and the classes still have it
     "Trainer._signal_connector.received_sigterm": lambda t: hasattr(t._signal_connector, "received_sigterm"),
     "LightningModule._trainer": lambda t: hasattr(L.LightningModule(), "_trainer"),
-    "WeightAveraging._average_model": lambda t: hasattr(WeightAveraging(), "_average_model"),
     "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
 }
 

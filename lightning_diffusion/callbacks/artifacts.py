@@ -66,3 +66,10 @@ def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
         return False
     epoch, last = trainer.current_epoch + 1, trainer.max_epochs or 0
     return epoch % every_n_epochs == 0 or (last > 0 and epoch >= last) or bool(trainer.fast_dev_run)
+
+
+def reuses_metrics(trainer: L.Trainer, pl_module: L.LightningModule, num_samples: int) -> bool:
+    """Whether the sample metrics at the end of each validation generate at least `num_samples` samples on this rank
+    (`val_num_samples`): a plot then shows the first of them (the module's `validation_samples`, written by its
+    `on_validation_epoch_end`, which Lightning calls after the callbacks') rather than sampling its own."""
+    return getattr(pl_module, "hparams", {}).get("val_num_samples", 0) // trainer.world_size >= num_samples

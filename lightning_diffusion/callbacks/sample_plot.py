@@ -7,17 +7,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_diffusion.callbacks.artifacts import log_figure, real_points, should_run
+from lightning_diffusion.callbacks.artifacts import log_figure, real_points, reuses_metrics, should_run
 from lightning_diffusion.plotting import scatter_figure
 
 
 class SamplePlot(Callback):
     """Every `every_n_epochs` validations, draws generated against held-out points (data space) to plots/.
 
-    When the model generates at least `num_samples` samples on this device for its sample metrics at the end of
-    the validation (`val_num_samples`), the plot shows the first `num_samples` of those, once the metrics are done
-    (`on_validation_end`): the same weights (the EMA's, where there is one), sampler and noise as the logged
-    metrics, without sampling twice. Otherwise it samples them itself, from the noise of `seed`.
+    When the model's sample metrics generate at least `num_samples` samples on this device (`val_num_samples`), the
+    plot shows the first `num_samples` of them (`DiffusionModule.validation_samples`, which then keeps them) once the
+    metrics are done
+    (`on_validation_end`): the same weights (the EMA's, where there is one), sampler and noise as the logged metrics.
+    Otherwise it samples its own points, from the noise of `seed`.
 
     Args:
         every_n_epochs: How often, in epochs (the last epoch always draws).
@@ -28,32 +29,27 @@ class SamplePlot(Callback):
 
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 1000, seed: int = 0) -> None:
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
-        self._reuse = False  # this validation's plot shows the metrics' samples, at on_validation_end
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if reuses_metrics(trainer, pl_module, self.num_samples):
+            pl_module.validation_samples_kept = max(pl_module.validation_samples_kept, self.num_samples)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # callbacks run before the module's on_validation_epoch_end, which generates the metrics' samples
-        self._reuse = False
-        if not should_run(trainer, self.every_n_epochs):
-            return
-        count = getattr(pl_module, "evaluation_sample_count", None)
-        if count is not None and count() >= self.num_samples:
-            pl_module.observe_evaluation()  # drawn at on_validation_end
-            self._reuse = True
-            return
-        real = real_points(trainer, self.num_samples).to(pl_module.device)
-        generated = pl_module.sample(len(real), generator=torch.Generator().manual_seed(self.seed))
-        self._draw(trainer, pl_module, real, generated)
+        if should_run(trainer, self.every_n_epochs) and not reuses_metrics(trainer, pl_module, self.num_samples):
+            real = real_points(trainer, self.num_samples).to(pl_module.device)
+            generated = pl_module.sample(len(real), generator=torch.Generator().manual_seed(self.seed))
+            self._draw(trainer, pl_module, real, generated)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._reuse:
+        # the module's on_validation_epoch_end, which Lightning calls after the callbacks', wrote the samples
+        if not should_run(trainer, self.every_n_epochs) or not reuses_metrics(trainer, pl_module, self.num_samples):
             return
-        self._reuse = False
-        samples = pl_module.evaluation_samples
-        if samples is None or len(samples) < self.num_samples:
-            rank_zero_warn("SamplePlot: the model kept no evaluation samples of this validation; no plot drawn.")
+        record = pl_module.validation_samples
+        if record is None or len(record.samples) < self.num_samples:
+            rank_zero_warn("SamplePlot: the sample metrics generated fewer points than it shows; no plot.")
             return
         real = real_points(trainer, self.num_samples).to(pl_module.device)
-        self._draw(trainer, pl_module, real, pl_module.to_data_space(samples[: len(real)]))
+        self._draw(trainer, pl_module, real, pl_module.to_data_space(record.samples[: len(real)]))
 
     def _draw(
         self, trainer: L.Trainer, pl_module: L.LightningModule, real: torch.Tensor, generated: torch.Tensor

@@ -27,7 +27,7 @@ from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
-from lightning_diffusion.metrics.validation import HeldOut, request_noise, sample_quality, samples_per_rank
+from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, request_noise, sample_quality
 from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
 from lightning_diffusion.model.loss_monitor import LossMonitor
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
@@ -165,13 +165,12 @@ class DiffusionModule(L.LightningModule):
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: float | None = None
-        # What the sample metrics of the last evaluation generated on this rank, where a callback asked to see it
-        # (observe_evaluation): the samples (model space) and the x_T of their first sampling call; else None.
-        self.evaluation_samples: Tensor | None = None
-        self.evaluation_noise: Tensor | None = None
+        # The first of the samples that the sample metrics of the last evaluation generated on this rank, for the
+        # plots: how many of them (callbacks.SamplePlot and TrajectoryPlot set it), and of how many every sampler step
+        self.validation_samples: ValidationSamples | None = None
+        self.validation_samples_kept = 0
+        self.validation_steps_kept = 0
         self.evaluation_num_samples: int | None = None  # the generated samples the last sample metrics used, all ranks'
-        self._observers: list[StepCallback] | None = None  # asked for this evaluation's samples and steps
-        self._recorded: list[Tensor] | None = None  # what sample() returns while the metrics generate, if asked
 
     # ---------------------------------------------------------------- sampling
 
@@ -203,9 +202,6 @@ class DiffusionModule(L.LightningModule):
         if noise is None:
             noise = torch.randn((num_samples, *self.sample_shape), generator=generator)
         noise = noise.to(self.device)
-        if self._recorded is not None and not self._recorded:  # the first sampling call of the observed metrics
-            self.evaluation_noise = noise
-            callback = _all_of([*self._observers, *([callback] if callback is not None else [])])
         was_training = self.training
         self.eval()
         try:
@@ -229,8 +225,6 @@ class DiffusionModule(L.LightningModule):
             )
         finally:
             self.train(was_training)
-        if self._recorded is not None:
-            self._recorded.append(x0)
         return self.to_data_space(x0) if data_space else x0
 
     # ---------------------------------------------------------------- training
@@ -323,7 +317,6 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def on_validation_start(self) -> None:
-        self._observers = None  # callbacks ask at this validation's end (observe_evaluation)
         if self._losses.count:  # a validation inside an epoch: no checkpoint after a non-finite loss
             self._read_losses()
 
@@ -357,34 +350,15 @@ class DiffusionModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
 
-    def evaluation_sample_count(self) -> int:
-        """How many samples this rank will generate for the sample metrics at the end of the evaluation in progress
-        (0: none, as in the sanity check); they are `evaluation_samples` from the module's `on_*_epoch_end` on."""
-        if self._trainer is None or self.trainer.sanity_checking:
-            return 0
-        held_out = sum(len(x) for x in self._held_out.points)
-        return samples_per_rank(self.hparams.val_num_samples, self.trainer.world_size, held_out)
-
-    def observe_evaluation(self, callback: StepCallback | None = None) -> None:
-        """Keeps what the sample metrics at the end of the evaluation in progress generate on this rank, for a callback
-        to show instead of sampling again (callbacks.SamplePlot, TrajectoryPlot): `evaluation_samples` and
-        `evaluation_noise`, from the module's `on_*_epoch_end` until the next evaluation; `callback(i, t, x_t, x0_pred)`,
-        if given, sees each step of their first sampling call (all of this rank's samples unless `sample_batch_size`)."""
-        self._observers = [*(self._observers or []), *([callback] if callback is not None else [])]
-
     def _log_sample_quality(self, stage: str) -> None:
         real, labels = self._held_out.take()
-        self.evaluation_samples = self.evaluation_noise = self.evaluation_num_samples = None
+        self.validation_samples = self.evaluation_num_samples = None
         if real is None or self.trainer.sanity_checking:
-            self._observers = None
             return
-        self._recorded = [] if self._observers is not None else None  # sample() keeps what it generates, if asked
-        try:
-            # every rank holds the same values: the reduce changes nothing
-            metrics, self.evaluation_num_samples = sample_quality(self, real, labels)
-        finally:
-            recorded, self._recorded, self._observers = self._recorded, None, None
-        self.evaluation_samples = torch.cat(recorded) if recorded else None
+        metrics, self.validation_samples, self.evaluation_num_samples = sample_quality(
+            self, real, labels, self.validation_samples_kept, self.validation_steps_kept
+        )
+        # every rank holds the same values: the reduce changes nothing
         self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -440,15 +414,3 @@ def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
             paths += [callback.last_model_path, callback.best_model_path, *callback.best_k_models]
     files = [Path(path) for path in [*paths, trainer.ckpt_path] if path and Path(path).is_file()]
     return max(files, key=lambda path: path.stat().st_mtime, default=None)  # a tie: last.ckpt, listed first
-
-
-def _all_of(callbacks: list[StepCallback]) -> StepCallback | None:
-    """One step callback that calls each of `callbacks` in turn (None if there are none)."""
-    if len(callbacks) <= 1:
-        return callbacks[0] if callbacks else None
-
-    def each(*step: Any) -> None:
-        for callback in callbacks:
-            callback(*step)
-
-    return each

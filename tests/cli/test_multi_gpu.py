@@ -83,10 +83,36 @@ def test_ema_is_one_fused_update_without_host_syncs_and_the_warmed_up_average():
     finally:
         torch.Tensor.item, torch.Tensor.__bool__ = original
     assert syncs == []
-    averaged = list(ema._average_model.module.parameters())
+    averaged = list(ema.average.module.parameters())
     for a, e in zip(averaged, expected, strict=False):
         assert torch.allclose(a, e, atol=1e-6)
-    assert ema.num_updates == 6 and int(ema._average_model.n_averaged) == 6
+    assert ema.num_updates == 6 and int(ema.average.n_averaged) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_ema_on_the_cpu_of_a_model_on_the_gpu_averages_the_weights_of_the_step():
+    """EMA(device="cpu") of a model on the GPU reads the weights once the step has written them: a copy to the host
+    that does not wait (non_blocking) would hand the average a buffer the GPU is still filling."""
+    module = L.LightningModule()
+    module.net = torch.nn.Linear(2048, 2048)
+    module.cuda()
+    ema = EMA(decay=0.9, device="cpu")
+    ema.setup(SimpleNamespace(), module, "fit")
+    start = [p.detach().double().cpu() for p in module.parameters()]
+    busy = torch.randn(4096, 4096, device="cuda")
+    for n in range(3):
+        for _ in range(20):  # keep the GPU busy, so that the step's writes land late
+            busy = busy @ busy / 4096
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        ema.on_train_batch_end(SimpleNamespace(global_step=n + 1), module, None, None, n)
+    a = [s + 1 for s in start]  # the first update copies, then d = 2/11 and 3/12
+    a = [2 / 11 * x + 9 / 11 * (s + 2) for x, s in zip(a, start, strict=True)]
+    a = [3 / 12 * x + 9 / 12 * (s + 3) for x, s in zip(a, start, strict=True)]
+    for averaged, expected in zip(ema.average.module.parameters(), a, strict=True):
+        assert averaged.device.type == "cpu"
+        assert torch.allclose(averaged.double(), expected, atol=1e-5)
 
 
 def test_ema_options_and_validation_before_the_first_update():
@@ -105,7 +131,7 @@ def test_ema_options_and_validation_before_the_first_update():
     every = EMA(decay=0.9, update_every_n_steps=3, update_starting_at_step=4, device="cpu")
     tiny_fit([every], max_epochs=2, num_batches=8)
     assert every.num_updates == len([s for s in range(16) if s >= 4 and s % 3 == 0])
-    assert next(every._average_model.parameters()).device.type == "cpu"
+    assert next(every.average.parameters()).device.type == "cpu"
 
 
 def test_ema_says_once_that_validation_uses_the_training_weights_and_not_at_the_sanity_check(caplog):
@@ -181,14 +207,18 @@ def plotted_fit(tmp_path, val_num_samples, trajectory=True):
 
 def test_plots_draw_the_samples_of_the_metrics_without_sampling_again(tmp_path):
     """With sample metrics, the sample plot and the trajectory show the samples the metrics generated (one sampling
-    call per validation, where there were three), which observing them does not change; without, they sample."""
+    call per validation, where there were three), which keeping their steps does not change; without, they sample."""
     model, calls, trainer = plotted_fit(tmp_path / "reused", val_num_samples=100)
     assert calls == [100, 100]  # the metrics' own, one per validation: no sampling for the plots
     plots = {p.name for p in (tmp_path / "reused" / "plots").iterdir()}
     assert plots == {"samples_epoch=0000.png", "samples_epoch=0001.png", "trajectory_epoch=0001.png"}
-    assert model.evaluation_samples.shape == (100, 2) and model.evaluation_noise.shape == (100, 2)
+    record = model.validation_samples
+    assert record.samples.shape == (100, 2) and record.noise.shape == (100, 2)
+    assert len(record.steps) == 10 and record.steps[0][1].shape == (100, 2)  # kept for the trajectory
     unobserved, _, plain = plotted_fit(tmp_path / "unobserved", val_num_samples=100, trajectory=False)
-    assert torch.equal(model.evaluation_samples, unobserved.evaluation_samples)
+    assert (
+        torch.equal(record.samples, unobserved.validation_samples.samples) and not unobserved.validation_samples.steps
+    )
     assert trainer.callback_metrics["val/swd"] == plain.callback_metrics["val/swd"]
     _, calls, _ = plotted_fit(tmp_path / "own", val_num_samples=0)
     assert calls == [100, 100, 100]  # two sample plots and the trajectory, each its own points

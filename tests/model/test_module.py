@@ -101,6 +101,97 @@ def test_ema_decay_warms_up():
     assert warmup_decay(0.999, 100_000) == 0.999
 
 
+@pytest.mark.parametrize("every, start", [(1, None), (2, 3)])
+def test_ema_equals_the_closed_form_of_its_warmed_up_decays(every, start):
+    """Parameter c_k at optimizer step k: the average after the updates u_0 < u_1 < ... is
+    sum_i (1 - d_i) prod_{j > i} d_j c_{u_i}, with d_0 = 0 (the first update copies) and d_i = min(decay, (1 + i) /
+    (10 + i)); validation runs on it and the checkpoint holds it as the state_dict, the training weights beside it."""
+    from types import SimpleNamespace
+
+    import lightning as L
+
+    from lightning_diffusion.callbacks import EMA
+
+    module = L.LightningModule()
+    module.net = torch.nn.Linear(3, 2).double()
+    ema = EMA(decay=0.9, update_every_n_steps=every, update_starting_at_step=start)
+    ema.setup(SimpleNamespace(), module, "fit")
+    values = [torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(20)]
+    for k, value in enumerate(values):  # the optimizer step k leaves the weights at values[k]
+        torch.nn.utils.vector_to_parameters(value, module.parameters())
+        ema.on_train_batch_end(SimpleNamespace(global_step=k + 1), module, None, None, k)
+    updated = [k for k in range(20) if (start is None or k >= start) and k % every == 0]
+    decays = [0.0] + [min(0.9, (1 + i) / (10 + i)) for i in range(1, len(updated))]
+    expected = torch.zeros(8, dtype=torch.float64)
+    for i, k in enumerate(updated):
+        expected += (1 - decays[i]) * torch.tensor(decays[i + 1 :], dtype=torch.float64).prod() * values[k]
+    assert ema.num_updates == len(updated)
+
+    trainer = SimpleNamespace(sanity_checking=False, global_step=20)
+    ema.on_validation_epoch_start(trainer, module)
+    assert torch.allclose(torch.nn.utils.parameters_to_vector(module.parameters()), expected, rtol=0, atol=1e-13)
+    ema.on_validation_epoch_end(trainer, module)
+    ema.on_validation_end(trainer, module)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(module.parameters()), values[-1])
+    checkpoint = {"state_dict": module.state_dict()}
+    ema.on_save_checkpoint(trainer, module, checkpoint)
+    saved = torch.cat([checkpoint["state_dict"]["net.weight"].flatten(), checkpoint["state_dict"]["net.bias"]])
+    assert torch.allclose(saved, expected, rtol=0, atol=1e-13)
+    training = torch.cat(
+        [checkpoint["current_model_state"]["net.weight"].flatten(), checkpoint["current_model_state"]["net.bias"]]
+    )
+    assert torch.equal(training, values[-1])
+
+
+def test_ema_resumes_a_checkpoint_of_lightnings_weight_averaging_layout_and_saves_it_again():
+    """The fixture was saved by the EMA on Lightning's WeightAveraging (3 updates): the average, the training weights,
+    the update count and the last update's step come back, and a save writes the same layout and tensors."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from lightning_diffusion.callbacks import EMA
+
+    path = Path(__file__).parent / "fixtures/moons_cond_v0.1.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = DiffusionModule.load_from_checkpoint(path)  # Lightning loads the state_dict: the EMA weights
+    ema = EMA()
+    ema.setup(SimpleNamespace(), model, "fit")
+    ema.on_load_checkpoint(SimpleNamespace(), model, checkpoint)
+    ema.load_state_dict(checkpoint["callbacks"]["EMA"])
+    assert ema.num_updates == 3 and ema.latest_update_step == checkpoint["callbacks"]["EMA"]["latest_update_step"]
+    saved = {"state_dict": model.state_dict()}
+    ema.on_save_checkpoint(SimpleNamespace(), model, saved)
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert saved[key].keys() == checkpoint[key].keys(), key
+        for name, value in checkpoint[key].items():
+            assert torch.equal(saved[key][name], value), (key, name)
+    assert not torch.equal(
+        checkpoint["state_dict"]["denoiser.time_embedding.linear_1.weight"],
+        checkpoint["current_model_state"]["denoiser.time_embedding.linear_1.weight"],
+    )
+
+
+def test_the_validation_record_keeps_the_first_samples_their_noise_and_steps_across_chunks():
+    from lightning_diffusion.metrics.validation import generate
+
+    model = DiffusionModule(
+        denoiser=MLPDenoiser(),
+        scheduler=SCHEDULER,
+        sampler="DDIMScheduler",
+        num_inference_steps=5,
+        sample_batch_size=30,
+    )
+    samples, record = generate(model, 100, None, keep=70, keep_steps=40)
+    assert samples.shape == (100, 2) and torch.equal(record.samples, samples[:70]) and record.noise.shape == (70, 2)
+    assert len(record.steps) == 5 and all(x_t.shape == (40, 2) for _, x_t in record.steps)
+    assert torch.equal(record.steps[-1][1], samples[:40])  # the x_t after the last step is the sample
+    for start in (0, 30):  # the samples of each chunk come from its recorded noise
+        again = model.sample(30, noise=record.noise[start : start + 30], data_space=False)
+        assert torch.equal(again, samples[start : start + 30])
+    _, nothing = generate(model, 100, None)
+    assert len(nothing.samples) == len(nothing.noise) == 0 and nothing.steps == []
+
+
 def test_forward_frames_follow_q_sample():
     x0 = torch.randn(100, 2)
     eps = torch.randn(100, 2)
