@@ -151,7 +151,7 @@ def test_ema_resumes_a_checkpoint_of_lightnings_weight_averaging_layout_and_save
 
     from lightning_diffusion.callbacks import EMA
 
-    path = Path(__file__).parent / "fixtures/moons_cond_v0.1.ckpt"
+    path = Path(__file__).parents[1] / "fixtures/moons_cond_v0.1.ckpt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     model = DiffusionModule.load_from_checkpoint(path)  # Lightning loads the state_dict: the EMA weights
     ema = EMA()
