@@ -78,8 +78,9 @@ class FeatureStats:
 
 
 def frechet_distance_of(x: FeatureStats, y: FeatureStats) -> Tensor:
-    """Frechet distance between Gaussians fitted to two feature sets: |mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2)),
-    in float64, with tr((S_x S_y)^(1/2)) the sum of the square roots of the eigenvalues of S_x S_y (as torchmetrics)."""
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
+    |mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2)), in float64, with tr((S_x S_y)^(1/2)) the sum of the square
+    roots of the eigenvalues of S_x S_y (as torchmetrics)."""
     (mu_x, s_x), (mu_y, s_y) = x.moments(), y.moments()
     s_y = s_y.to(s_x.device)
     root_trace = torch.linalg.eigvals(s_x @ s_y).sqrt().real.sum()
