@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_diffusion.runs import checkpoints_in, resumable_checkpoints
@@ -90,6 +92,16 @@ def last_checkpoint(output_dir: str, experiment: str) -> Path:
         )
     rank_zero_info(f"--ckpt_path last: {chosen}")
     return chosen
+
+
+def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint file that this fit's ModelCheckpoint callbacks saved, or the one it resumed from."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths += [callback.last_model_path, callback.best_model_path, *callback.best_k_models]
+    files = [Path(path) for path in [*paths, trainer.ckpt_path] if path and Path(path).is_file()]
+    return max(files, key=lambda path: path.stat().st_mtime, default=None)  # a tie: last.ckpt, listed first
 
 
 def checkpoint_named(path: str | Path) -> Path | None:

@@ -1,5 +1,4 @@
-"""Evaluation samples: generated against held-out ones at the end of an evaluation, over all ranks, and the
-noise of `predict`'s requested samples.
+"""Evaluation samples: generated against held-out ones at the end of an evaluation, over all ranks.
 
 Each rank keeps 2m held-out samples (m = val_num_samples / world size): the first m are compared with m samples it
 generates with the same class proportions. The real-vs-real floor compares them with sets drawn as an exact model
@@ -123,16 +122,6 @@ def floor_sets(datamodule: Any, real: Tensor, real_floor: Tensor | None, labels:
     if draw is None:
         return [real_floor]
     return [x.to(real.device) for x in draw(len(real), FLOOR_DRAWS, labels)]
-
-
-def request_noise(indices: Tensor, seed: int, sample_shape: tuple[int, ...]) -> tuple[Tensor, torch.Generator]:
-    """The x_T of `predict`'s requested samples (data.SampleRequests): sample i of seed s has its own, however the
-    requests are split over batches and devices; and the generator of a stochastic sampler's noise."""
-    base = seed << 32
-    noise = torch.stack(
-        [torch.randn(sample_shape, generator=torch.Generator().manual_seed(base + int(i))) for i in indices]
-    )
-    return noise, torch.Generator().manual_seed(base + int(indices[0]))
 
 
 def samples_per_rank(num_samples: int, world_size: int, held_out: int) -> int:

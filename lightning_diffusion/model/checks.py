@@ -45,22 +45,13 @@ def resolve_formulation(
 
 
 def check_arguments(
-    denoiser: nn.Module,
-    formulation: Formulation,
-    *,
-    sampler: str,
-    sampler_kwargs: dict[str, Any],
-    num_inference_steps: int,
-    label_dropout: float,
-    guidance_scale: float,
-    val_num_samples: int,
-    sample_metrics: Sequence[Any] | None,
-    sample_batch_size: int | None,
-    sample_shape: tuple[int, ...],
-    num_classes: int | None,
+    denoiser: nn.Module, formulation: Formulation, sampler: str, num_inference_steps: int, options: dict[str, Any]
 ) -> None:
-    """Raise a one-sentence ValueError for the first disagreement; warn where a choice is legal but useless."""
-    formulation.check_sampler(sampler, sampler_kwargs, num_inference_steps)
+    """Raise a one-sentence ValueError for the first disagreement among DiffusionModule's arguments (`options`, by
+    name); warn where a choice is legal but useless."""
+    formulation.check_sampler(sampler, dict(options["sampler_kwargs"] or {}), num_inference_steps)
+    label_dropout, guidance_scale = options["label_dropout"], options["guidance_scale"]
+    num_classes, metrics, shape = options["num_classes"], options["sample_metrics"], tuple(options["sample_shape"])
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
     denoiser_classes = getattr(denoiser, "num_classes", num_classes)
@@ -71,12 +62,13 @@ def check_arguments(
         )
     if guidance_scale != 1.0 and not num_classes:
         raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes).")
-    if sample_metrics and len(sample_shape) != 3:
-        raise ValueError(f"sample_metrics score images (C, H, W), but the samples have shape {tuple(sample_shape)}.")
-    if sample_metrics and not val_num_samples:
+    if metrics and len(shape) != 3:
+        raise ValueError(f"sample_metrics score images (C, H, W), but the samples have shape {shape}.")
+    if metrics and not options["val_num_samples"]:
         raise ValueError("sample_metrics are computed on val_num_samples samples: set val_num_samples (e.g. 1000).")
-    if sample_batch_size is not None and sample_batch_size < 1:
-        raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {sample_batch_size}.")
+    batch_size = options["sample_batch_size"]
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {batch_size}.")
     if guidance_scale != 1.0 and label_dropout == 0.0:
         rank_zero_warn(
             "guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise."
@@ -107,12 +99,17 @@ def sample_labels(
     return labels
 
 
-def check_held_out(val_num_samples: int, held_out: int, stage: str) -> None:
+def check_held_out(val_num_samples: int, datamodule: Any, stage: str) -> None:
     """The sample metrics compare val_num_samples generated samples with as many held-out ones and take their
-    floor from as many more: the evaluation set must hold 2 x val_num_samples, or the metrics would use fewer."""
+    floor from as many more: the evaluation set of `stage` must hold 2 x val_num_samples, or the metrics would use
+    fewer."""
+    if not val_num_samples or datamodule is None:
+        return
+    split = "test" if stage == "test" else "validation"
+    held_out = len((datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()).dataset)
     if 2 * val_num_samples > held_out:
         raise ValueError(
             f"val_num_samples={val_num_samples} needs {2 * val_num_samples} held-out samples (half compared with the "
-            f"generated ones, half for the real-vs-real floor), but the {stage} set has {held_out}: lower "
+            f"generated ones, half for the real-vs-real floor), but the {split} set has {held_out}: lower "
             f"val_num_samples to at most {held_out // 2} or hold out more data."
         )

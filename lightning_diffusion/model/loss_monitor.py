@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import lightning as L
 import torch
 from torch import Tensor
+
+from lightning_diffusion.checkpoints import newest_saved_checkpoint
 
 
 class LossMonitor:
@@ -37,3 +40,16 @@ class LossMonitor:
         bad_steps = [self.steps[int(i)] for i in first if i >= 0]
         self.losses, self.steps = [], []
         return sum(mean) / len(mean), min(bad_steps, default=None)
+
+    def read_finite(self, all_gather: Callable[[Tensor], Tensor], trainer: L.Trainer) -> float:
+        """`read`'s mean loss; a non-finite loss stops the fit on every rank, naming the step and the newest
+        checkpoint (all saved before that step, when a read comes before every save)."""
+        mean, bad_step = self.read(all_gather)
+        if bad_step is not None:
+            saved = newest_saved_checkpoint(trainer) or "none saved yet"
+            raise FloatingPointError(
+                f"Non-finite loss at step {bad_step} (epoch {trainer.current_epoch}): training stopped, the newest "
+                f"good checkpoint is {saved}; lower the learning rate, clip gradients (trainer.gradient_clip_val) or "
+                "prefer bf16-mixed to 16-mixed."
+            )
+        return mean

@@ -1,25 +1,18 @@
-"""DiffusionModule: a pluggable denoiser trained and sampled by a pluggable formulation (VP/DDPM, EDM, flow
-matching)."""
+"""DiffusionModule: a pluggable denoiser trained and sampled by a pluggable formulation (VP, EDM, flow matching)."""
 
 from __future__ import annotations
 
-import os
-import random
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from diffusers import SchedulerMixin
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.utils.data import default_collate
 
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
 from lightning_diffusion.formulations import Formulation
@@ -27,12 +20,13 @@ from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
-from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, request_noise, sample_quality
+from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, sample_quality
+from lightning_diffusion.model.batches import Batch, drop_labels, requested_samples, training_samples, unpack
 from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
 from lightning_diffusion.model.loss_monitor import LossMonitor
+from lightning_diffusion.model.seeding import seed_rank, seeded
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 
-Batch = Tensor | Sequence[Tensor] | dict
 # What the config's `denoiser` is: a class (with its options) that the module calls with the data's shape and classes.
 DenoiserFactory = Callable[[tuple[int, ...], int | None], nn.Module]
 
@@ -44,9 +38,8 @@ class DiffusionModule(L.LightningModule):
     unless ``formulation`` names another: ``EDM`` (Karras et al. 2022) or ``FlowMatching`` (Lipman et al. 2023).
 
     Args:
-        denoiser: The network, ``forward(x_t, t, class_labels=None)``, predicting what the formulation trains it
-            for: a class (``class_path`` and its ``init_args`` in the config) that is called with the data's
-            ``sample_shape`` and ``num_classes``, or, from Python, a built ``nn.Module``.
+        denoiser: The network ``forward(x_t, t, class_labels=None)``: a class (``class_path`` and ``init_args``),
+            called with the data's ``sample_shape`` and ``num_classes``, or, from Python, a built ``nn.Module``.
         scheduler: VP only: the noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
             DDPMScheduler); its own ``prediction_type`` is ignored in favour of this module's.
         prediction_type: VP only: the training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or
@@ -55,11 +48,10 @@ class DiffusionModule(L.LightningModule):
         min_snr_gamma: VP only: the gamma of min-SNR weighting.
         formulation: Another formulation than VP, with its own options: ``lightning_diffusion.formulations.EDM``
             or ``lightning_diffusion.formulations.FlowMatching`` (then leave ``scheduler`` out).
-        sampler: The sampler of generation (``null``: the formulation's default). VP: any diffusers DDPM-family
-            scheduler class name (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...), built fresh from
-            the training schedule for every call, or ``ddpm``/``ddim`` (the papers' steps); EDM: ``heun``,
-            ``euler``, EDMEulerScheduler, EDMDPMSolverMultistepScheduler; FlowMatching: ``euler``, ``heun``,
-            ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
+        sampler: The sampler (``null``: the formulation's default). VP: a diffusers DDPM-family scheduler's class
+            name (DDIMScheduler, DPMSolverMultistepScheduler, ...) or ``ddpm``/``ddim`` (the papers' steps); EDM:
+            ``heun``, ``euler``, EDMEulerScheduler, EDMDPMSolverMultistepScheduler; FlowMatching: ``euler``,
+            ``heun``, ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
         sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
         num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
         guidance_scale: Classifier-free guidance scale at sampling (1: conditional, 0: unconditional).
@@ -67,16 +59,14 @@ class DiffusionModule(L.LightningModule):
         optimizer: Optimizer, given the parameters.
         lr_scheduler: Learning-rate scheduler, given the optimizer (``None``: constant).
         lr_scheduler_interval: Step the learning-rate scheduler every ``step`` or every ``epoch``.
-        val_num_samples: Samples generated at the end of each validation and test (summed over devices) to compute
-            ``<stage>/swd`` (sliced Wasserstein) and ``<stage>/mmd`` (squared MMD, Gaussian kernel of bandwidth 1)
-            against as many held-out samples, with their real-vs-real floors ``<stage>/swd_floor`` and
-            ``<stage>/mmd_floor``, and the ``sample_metrics`` (0: off). Needs 2x as many held-out samples.
+        val_num_samples: Samples generated at the end of each validation and test (over all devices; 0: off) for
+            ``<stage>/swd`` (sliced Wasserstein), ``<stage>/mmd`` (squared MMD, Gaussian kernel of bandwidth 1) and
+            the ``sample_metrics``, with real-vs-real floors (``<stage>/swd_floor``); needs 2x as many held out.
         sample_metrics: Feature-space metrics of images, e.g. ``InceptionMetrics`` (FID, KID) and
             ``ClassifierMetrics`` (offline Frechet distance and class-conditional accuracy); see configs/metrics/.
         sample_batch_size: Samples generated per batch for the metrics (``None``: all at once).
         sample_seed: Seed of the noise of validation samples and ``predict``, so that results are comparable.
-        compile: Train and sample through ``torch.compile`` of the denoiser (``nn.Module.compile``, in place: the
-            weights keep their names, so checkpoints load with or without it).
+        compile: Train and sample through ``torch.compile`` of the denoiser (in place: checkpoints load either way).
         sample_shape: Shape of one sample; linked from the data by the CLI.
         num_classes: Number of classes of a conditional model (``None``: unconditional); linked from the data.
         class_names: Names of the classes, recorded for plots, logs and exports; linked from the data.
@@ -135,20 +125,8 @@ class DiffusionModule(L.LightningModule):
         self.formulation = formulation
         self.sampler_name = sampler or formulation.default_sampler
         self.num_inference_steps = num_inference_steps or formulation.default_steps
-        check_arguments(
-            denoiser,
-            formulation,
-            sampler=self.sampler_name,
-            sampler_kwargs=dict(sampler_kwargs or {}),
-            num_inference_steps=self.num_inference_steps,
-            label_dropout=label_dropout,
-            guidance_scale=guidance_scale,
-            val_num_samples=val_num_samples,
-            sample_metrics=sample_metrics,
-            sample_batch_size=sample_batch_size,
-            sample_shape=tuple(sample_shape),
-            num_classes=num_classes,
-        )
+        options = {**self.hparams, "sample_metrics": sample_metrics}  # the metrics as built
+        check_arguments(denoiser, formulation, self.sampler_name, self.num_inference_steps, options)
 
         self.denoiser = denoiser
         self.optimizer_fn = SharedFactory(optimizer)
@@ -158,10 +136,8 @@ class DiffusionModule(L.LightningModule):
         self.class_names = class_names
         self.sample_metrics = list(sample_metrics or [])  # a plain list: their networks stay out of the state_dict
         stats_shape = (1, -1, *([1] * (len(self.sample_shape) - 1)))  # broadcasts over (B, C, ...) or (B, D)
-        mean = torch.tensor(data_mean if data_mean is not None else [0.0]).view(stats_shape)
-        std = torch.tensor(data_std if data_std is not None else [1.0]).view(stats_shape)
-        self.register_buffer("data_mean", mean, persistent=False)
-        self.register_buffer("data_std", std, persistent=False)
+        self.register_buffer("data_mean", torch.tensor(data_mean or [0.0]).view(stats_shape), persistent=False)
+        self.register_buffer("data_std", torch.tensor(data_std or [1.0]).view(stats_shape), persistent=False)
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
         self.last_train_loss: float | None = None
@@ -171,8 +147,6 @@ class DiffusionModule(L.LightningModule):
         self.validation_samples_kept = 0
         self.validation_steps_kept = 0
         self.evaluation_num_samples: int | None = None  # the generated samples the last sample metrics used, all ranks'
-
-    # ---------------------------------------------------------------- sampling
 
     def to_data_space(self, x: Tensor) -> Tensor:
         return x * self.data_std + self.data_mean
@@ -205,13 +179,9 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            net = partial(
-                diffusion.guided_output,
-                self.denoiser,
-                class_labels=labels,
-                null_label=self.num_classes,
-                guidance_scale=self.hparams.guidance_scale if guidance_scale is None else guidance_scale,
-            )
+            scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
+            guided = dict(class_labels=labels, null_label=self.num_classes, guidance_scale=scale)
+            net = partial(diffusion.guided_output, self.denoiser, **guided)
             options = self.hparams.sampler_kwargs if sampler_kwargs is None else sampler_kwargs
             x0 = self.formulation.sample(
                 net,
@@ -227,8 +197,6 @@ class DiffusionModule(L.LightningModule):
             self.train(was_training)
         return self.to_data_space(x0) if data_space else x0
 
-    # ---------------------------------------------------------------- training
-
     def prepare_data(self) -> None:
         for metric in self.sample_metrics:  # downloads, once per node
             metric.prepare()
@@ -243,64 +211,22 @@ class DiffusionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate", "test"):
             self.load_sample_metrics(self.device)
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if self.hparams.val_num_samples and datamodule is not None:
-                split = "test" if stage == "test" else "validation"
-                loader = datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()
-                check_held_out(self.hparams.val_num_samples, len(loader.dataset), split)
+            check_held_out(self.hparams.val_num_samples, getattr(self.trainer, "datamodule", None), stage)
         if stage == "fit":
-            self._seed_this_rank()
-            self.formulation.calibrate(self._training_samples)  # EDM measures sigma_data, unless given or resumed
+            seed_rank(self.global_rank, self.trainer.world_size)
+            datamodule, name = getattr(self.trainer, "datamodule", None), type(self.formulation).__name__
+            samples = partial(training_samples, datamodule, self.num_classes, name, self.device)
+            self.formulation.calibrate(samples)  # EDM measures sigma_data, unless given or resumed
             if self.hparams.compile:
                 self.denoiser.compile()  # in place: the state_dict keeps its names
-
-    def _seed_this_rank(self) -> None:
-        """Each DDP rank its own random stream (timesteps, noise, label dropout, flips), derived from the run's seed
-        and the rank, so that a step sees world_size independent draws. Rank 0 keeps the run's own stream, so one
-        device draws what it always drew; the data order is DistributedSampler's, which has a generator of its own."""
-        seed = os.environ.get("PL_GLOBAL_SEED")  # seed_everything's; without one, every process is seeded apart
-        if self.trainer.world_size > 1 and seed is not None and self.global_rank > 0:
-            rank_seed = (int(seed) + 1_000_003 * self.global_rank) % 2**32
-            random.seed(rank_seed)
-            np.random.seed(rank_seed)
-            torch.manual_seed(rank_seed)  # and every CUDA device's generator
-
-    def _training_samples(self, num_samples: int = 1024) -> Tensor:
-        """Up to `num_samples` training samples in model space, evenly spread over the training set (the same on
-        every rank, so that what a formulation measures on them agrees)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise ValueError(
-                f"{type(self.formulation).__name__} measures the data on the datamodule's training set, but this fit "
-                "has no datamodule: give the measured value (e.g. EDM's sigma_data) or fit with a datamodule."
-            )
-        dataset = datamodule.train_dataloader().dataset
-        index = torch.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).long().tolist()
-        return self._unpack(default_collate([dataset[i] for i in index]))[0].to(self.device)
-
-    def _unpack(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        if isinstance(batch, dict):
-            x, y = batch["x"], batch.get("y")
-        elif isinstance(batch, (tuple, list)):
-            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
-        else:
-            x, y = batch, None
-        if not self.num_classes:
-            return x, None
-        if y is None:
-            raise ValueError(
-                f"The model is conditional (num_classes={self.num_classes}) but the batches carry no labels."
-            )
-        return x, y
 
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.denoiser(x_t, t, class_labels)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        x0, y = self._unpack(batch)
-        if y is not None and self.hparams.label_dropout > 0:  # train the unconditional model too (CFG)
-            drop = torch.rand(y.shape, device=y.device) < self.hparams.label_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        x0, y = unpack(batch, self.num_classes)
+        if y is not None and self.hparams.label_dropout > 0:
+            y = drop_labels(y, self.hparams.label_dropout, self.num_classes)
         loss = self.formulation.loss(self.denoiser, x0, y)
         trainer = attached_trainer(self)
         if trainer is None:
@@ -312,33 +238,19 @@ class DiffusionModule(L.LightningModule):
         every = trainer.log_every_n_steps
         logging = every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
         if logging or batch_idx + 1 >= trainer.num_training_batches:
-            self.last_train_loss = self._read_losses()  # a float on the host: callbacks.LossProgressBar shows it
+            # a float on the host: callbacks.LossProgressBar shows it
+            self.last_train_loss = self._losses.read_finite(self.all_gather, trainer)
             self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
         return loss
 
     def on_validation_start(self) -> None:
-        if self._losses.count:  # a validation inside an epoch: no checkpoint after a non-finite loss
-            self._read_losses()
+        self._losses.read_finite(self.all_gather, self.trainer)  # a validation inside an epoch: none after a NaN
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._losses.count:  # before the file is written (every rank takes part in a save)
-            self._read_losses()
-
-    def _read_losses(self) -> float:
-        """The mean training loss since the last read, over all ranks; a non-finite one stops the fit on every rank,
-        naming the step and the newest checkpoint (all saved before that step: a read comes before every save)."""
-        mean, bad_step = self._losses.read(self.all_gather)
-        if bad_step is not None:
-            saved = newest_saved_checkpoint(self.trainer)
-            raise FloatingPointError(
-                f"Non-finite loss at step {bad_step} (epoch {self.current_epoch}): training stopped, the newest good "
-                f"checkpoint is {saved or 'none saved yet'}; lower the learning rate, clip gradients "
-                "(trainer.gradient_clip_val) or prefer bf16-mixed to 16-mixed."
-            )
-        return mean
+        self._losses.read_finite(self.all_gather, self.trainer)  # before the file is written, on every rank
 
     def _evaluation_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
-        x0, y = self._unpack(batch)
+        x0, y = unpack(batch, self.num_classes)
         with seeded(batch_idx, self.device):  # the same times and noise at every evaluation: comparable losses
             loss = self.formulation.loss(self.denoiser, x0, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=x0.shape[0])
@@ -369,17 +281,11 @@ class DiffusionModule(L.LightningModule):
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor | None]:
         """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""
-        requested, indices = batch
-        labels = requested.long() if self.num_classes else None
-        if labels is not None and (labels < 0).any():
-            labels = indices.to(self.device) % self.num_classes
-        noise, generator = request_noise(indices, self.hparams.sample_seed, self.sample_shape)
-        samples = self.sample(len(indices), class_labels=labels, generator=generator, noise=noise)
-        return {
-            "samples": samples.cpu(),
-            "class_labels": None if labels is None else labels.cpu(),
-            "indices": indices.cpu(),
-        }
+        seed, classes = self.hparams.sample_seed, self.num_classes
+        labels, noise, generator = requested_samples(batch, seed, self.sample_shape, classes)
+        samples = self.sample(len(noise), class_labels=labels, generator=generator, noise=noise)
+        indices = batch[1].cpu()
+        return {"samples": samples.cpu(), "class_labels": None if labels is None else labels.cpu(), "indices": indices}
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self)
@@ -392,25 +298,3 @@ class DiffusionModule(L.LightningModule):
         if isinstance(hparams.get("denoiser"), dict):  # built by the CLI: rebuild it from the upgraded config
             kwargs.setdefault("denoiser", hparams["denoiser"])
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Draws from `seed` on the CPU and on `device`, and leaves their random streams as they were (the training's,
-    so that a run that validates resumes exactly)."""
-    accelerator = [device] if device.type != "cpu" else []
-    with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else None):
-        torch.default_generator.manual_seed(seed)
-        if accelerator:
-            torch.get_device_module(device).manual_seed(seed)  # the current device, which Lightning makes `device`
-        yield
-
-
-def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The newest checkpoint file that this fit's ModelCheckpoint callbacks saved, or the one it resumed from."""
-    paths = []
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            paths += [callback.last_model_path, callback.best_model_path, *callback.best_k_models]
-    files = [Path(path) for path in [*paths, trainer.ckpt_path] if path and Path(path).is_file()]
-    return max(files, key=lambda path: path.stat().st_mtime, default=None)  # a tie: last.ckpt, listed first
