@@ -54,7 +54,7 @@ def test_help_shows_every_option_with_its_docstring(run_cli, capsys):
         "--model.sample_metrics",
     ]:
         assert option in text
-    assert "The sampler of generation" in text
+    assert "The sampler (``null``: the formulation's default)" in text
     with pytest.raises(SystemExit) as exit_info:  # a formulation's own options: `--model.formulation.help EDM`
         main(["fit", "--model.formulation.help", "lightning_diffusion.formulations.EDM"])
     assert exit_info.value.code == 0
