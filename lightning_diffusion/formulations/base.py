@@ -93,6 +93,11 @@ class Formulation(nn.Module):
         """The diffusers scheduler that export writes beside the network."""
         raise NotImplementedError
 
+    def noise_level(self, time_input: Tensor) -> Tensor:
+        """The noise level sigma (x_t = x0 + sigma eps up to a scale) at the network time `time_input` the denoiser
+        sees: the common axis of the guidance interval."""
+        raise NotImplementedError
+
     def calibrate(self, data: Callable[[], Tensor]) -> None:
         """Learn what the formulation needs from the training data (in model space), once, before training."""
 

@@ -120,19 +120,35 @@ def guided_output(
     class_labels: Tensor | None,
     guidance_scale: float,
     null_label: int | None,
+    guide: nn.Module | None = None,
+    inside: Tensor | None = None,
 ) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out_uncond + s (out_cond - out_uncond).
+    """Guidance: out_weak + w (out_main - out_weak), where the weak output is the unconditional model's
+    (classifier-free guidance, Ho & Salimans 2022, eq. 6) or, given a `guide` network, the guide's at the same
+    labels (autoguidance, Karras et al. 2024: their eq. 1 with a weaker model as D_0).
 
-    s = 1 is the conditional model and s = 0 the unconditional one, each with a single forward pass.
+    w = 1 is the model alone and, without a guide, w = 0 the unconditional one. `inside` (one bool per sample) limits
+    guidance to the samples whose noise level lies in the guidance interval (Kynkäänniemi et al. 2024); the others
+    get the model's output alone, and a batch with none inside costs one network evaluation instead of two.
     """
     t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-    if class_labels is None or guidance_scale == 1.0:
+    weakened = guide is not None or class_labels is not None
+    if not weakened or guidance_scale == 1.0 or (inside is not None and not bool(inside.any())):
         return denoiser(x_t, t, class_labels)
-    null = torch.full_like(class_labels, null_label)
-    if guidance_scale == 0.0:
-        return denoiser(x_t, t, null)
-    cond, uncond = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([class_labels, null])).chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+    if guide is not None:
+        main, weak = denoiser(x_t, t, class_labels), guide(x_t, t, class_labels)
+    else:
+        null = torch.full_like(class_labels, null_label)
+        if guidance_scale == 0.0 and inside is None:
+            return denoiser(x_t, t, null)
+        main, weak = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([class_labels, null])).chunk(2)
+    guided = weak + guidance_scale * (main - weak)
+    return guided if inside is None else torch.where(expand_like(inside, guided), guided, main)
+
+
+def in_interval(sigma: Tensor, interval: tuple[float, float]) -> Tensor:
+    """Whether each noise level lies in the closed guidance interval [sigma_lo, sigma_hi]."""
+    return (sigma >= interval[0]) & (sigma <= interval[1])
 
 
 def predict_eps(model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor, prediction_type: PredictionType) -> Tensor:

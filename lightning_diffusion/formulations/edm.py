@@ -116,6 +116,9 @@ class EDM(Formulation):
         self.P_mean, self.P_std, self.sigma_min, self.sigma_max, self.rho = P_mean, P_std, sigma_min, sigma_max, rho
         self.register_buffer("sigma_data", torch.tensor(float("nan") if sigma_data is None else float(sigma_data)))
 
+    def noise_level(self, time_input: Tensor) -> Tensor:
+        return (4 * time_input.float()).exp()  # c_noise = ln(sigma) / 4 (eq. 7)
+
     def calibrate(self, data: Callable[[], Tensor]) -> None:
         if torch.isnan(self.sigma_data):
             self.sigma_data.fill_(float(data().float().std()))

@@ -100,6 +100,10 @@ class FlowMatching(Formulation):
             return torch.rand(n, device=device)
         return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
 
+    def noise_level(self, time_input: Tensor) -> Tensor:
+        t = time_input.float() / NETWORK_TIME
+        return t / (1 - t)  # x_t / (1 - t) = x0 + t / (1 - t) eps
+
     def loss(self, denoiser: nn.Module, x0: Tensor, class_labels: Tensor | None = None) -> Tensor:
         x0 = x0.float()
         t = self.training_times(x0.shape[0], x0.device)

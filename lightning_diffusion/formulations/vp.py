@@ -93,6 +93,15 @@ class VP(Formulation):
 
     # ------------------------------------------------------------ sampling
 
+    def noise_level(self, time_input: Tensor) -> Tensor:
+        """sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t), x_t / sqrt(alpha_bar_t) = x0 + sigma eps; between integer
+        timesteps (Karras-sigma samplers) interpolated in log sigma, as diffusers maps sigmas to timesteps."""
+        log_sigma = ((1 - self.alphas_cumprod) / self.alphas_cumprod).log().mul(0.5).to(time_input.device)
+        t = time_input.float().clamp(0, len(log_sigma) - 1)
+        low = t.floor().long()
+        high = (low + 1).clamp(max=len(log_sigma) - 1)
+        return torch.lerp(log_sigma[low], log_sigma[high], t - low).exp()
+
     def check_sampler(self, sampler: str, sampler_kwargs: dict[str, Any], num_inference_steps: int) -> None:
         if sampler not in self.own_samplers:
             sampler_class(sampler)  # an unknown name is one sentence

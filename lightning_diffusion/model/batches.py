@@ -50,7 +50,7 @@ def training_samples(
     return unpack(default_collate([dataset[i] for i in index]), num_classes)[0].to(device)
 
 
-def requested_samples(
+def requested(
     batch: Sequence[Tensor], seed: int, sample_shape: tuple[int, ...], num_classes: int | None
 ) -> tuple[Tensor | None, Tensor, torch.Generator]:
     """The class labels, x_T and sampler generator of `predict`'s requested samples (data.SampleRequests: class

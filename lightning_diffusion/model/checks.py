@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_diffusion.formulations import VP, Formulation
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType
+from lightning_diffusion.model.guidance import check_interval
 
 
 def resolve_formulation(
@@ -60,8 +61,11 @@ def check_arguments(
             f"The denoiser has num_classes={denoiser_classes} but the data has {num_classes}: "
             "let the CLI link them, or pass the same value to both."
         )
-    if guidance_scale != 1.0 and not num_classes:
-        raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes).")
+    if guidance_scale != 1.0 and not num_classes and not options.get("guide"):
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs a conditional model (the data has no classes) or a guide."
+        )
+    check_interval(options.get("guidance_interval"))
     if metrics and len(shape) != 3:
         raise ValueError(f"sample_metrics score images (C, H, W), but the samples have shape {shape}.")
     if metrics and not options["val_num_samples"]:
@@ -69,7 +73,7 @@ def check_arguments(
     batch_size = options["sample_batch_size"]
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"sample_batch_size must be positive (or null for all at once), got {batch_size}.")
-    if guidance_scale != 1.0 and label_dropout == 0.0:
+    if guidance_scale != 1.0 and label_dropout == 0.0 and not options.get("guide"):
         rank_zero_warn(
             "guidance_scale != 1 with label_dropout = 0: the null label is never trained, so guidance is noise."
         )

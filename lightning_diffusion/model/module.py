@@ -16,13 +16,13 @@ from torch import Tensor, nn
 
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
 from lightning_diffusion.formulations import Formulation
-from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
 from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
 from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, sample_quality
-from lightning_diffusion.model.batches import Batch, drop_labels, requested_samples, training_samples, unpack
+from lightning_diffusion.model.batches import Batch, drop_labels, requested, training_samples, unpack
 from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
+from lightning_diffusion.model.guidance import GuidedNet, guide_network
 from lightning_diffusion.model.loss_monitor import LossMonitor
 from lightning_diffusion.model.seeding import seed_rank, seeded
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
@@ -40,11 +40,9 @@ class DiffusionModule(L.LightningModule):
     Args:
         denoiser: The network ``forward(x_t, t, class_labels=None)``: a class (``class_path`` and ``init_args``),
             called with the data's ``sample_shape`` and ``num_classes``, or, from Python, a built ``nn.Module``.
-        scheduler: VP only: the noise schedule of training (a diffusers scheduler with ``alphas_cumprod``, e.g.
-            DDPMScheduler); its own ``prediction_type`` is ignored in favour of this module's.
-        prediction_type: VP only: the training target: ``epsilon`` (Ho et al. 2020), ``sample`` (x0) or
-            ``v_prediction`` (Salimans & Ho 2022).
-        loss_weighting: VP only: ``uniform`` (the simple loss) or ``min_snr`` (Hang et al. 2023).
+        scheduler: VP only: the noise schedule of training (formulations.VP's ``scheduler``).
+        prediction_type: VP only: the training target, ``epsilon``, ``sample`` or ``v_prediction`` (formulations.VP).
+        loss_weighting: VP only: ``uniform`` or ``min_snr`` (Hang et al. 2023).
         min_snr_gamma: VP only: the gamma of min-SNR weighting.
         formulation: Another formulation than VP, with its own options: ``lightning_diffusion.formulations.EDM``
             or ``lightning_diffusion.formulations.FlowMatching`` (then leave ``scheduler`` out).
@@ -54,7 +52,11 @@ class DiffusionModule(L.LightningModule):
             ``heun``, ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
         sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
         num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
-        guidance_scale: Classifier-free guidance scale at sampling (1: conditional, 0: unconditional).
+        guidance_scale: Guidance scale w at sampling (1: the model alone; without a guide, 0: unconditional).
+        guidance_interval: ``[sigma_lo, sigma_hi]``: guide only at noise levels sigma in it (Kynkäänniemi et al.
+            2024), the model alone elsewhere; sigma as Formulation.noise_level defines it (``null``: everywhere).
+        guide: A checkpoint (or run folder) of a weaker model of the same data and formulation to guide with
+            instead of the unconditional model (autoguidance, Karras et al. 2024).
         label_dropout: Probability of replacing a label by the null label in training (classifier-free guidance).
         optimizer: Optimizer, given the parameters.
         lr_scheduler: Learning-rate scheduler, given the optimizer (``None``: constant).
@@ -76,14 +78,8 @@ class DiffusionModule(L.LightningModule):
 
     # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
     call_options: ClassVar[tuple[str, ...]] = (
-        "sampler",
-        "sampler_kwargs",
-        "num_inference_steps",
-        "guidance_scale",
-        "sample_seed",
-        "val_num_samples",
-        "sample_metrics",
-        "sample_batch_size",
+        *("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "guidance_interval", "guide"),
+        *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size"),
     )
 
     def __init__(
@@ -98,6 +94,8 @@ class DiffusionModule(L.LightningModule):
         sampler_kwargs: dict[str, Any] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
+        guide: str | None = None,
         label_dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -140,6 +138,7 @@ class DiffusionModule(L.LightningModule):
         self.register_buffer("data_std", torch.tensor(data_std or [1.0]).view(stats_shape), persistent=False)
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
+        self._guides: dict[str, nn.Module] = {}  # guide_network's, kept out of the state_dict
         self.last_train_loss: float | None = None
         # The first of the samples that the sample metrics of the last evaluation generated on this rank, for the
         # plots: how many of them (callbacks.SamplePlot and TrajectoryPlot set it), and of how many every sampler step
@@ -164,24 +163,26 @@ class DiffusionModule(L.LightningModule):
         data_space: bool = True,
         noise: Tensor | None = None,
         sampler_kwargs: dict[str, Any] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guide: str | None = None,
     ) -> Tensor:
         """Generate `num_samples` samples (in data space unless `data_space=False`).
 
-        `sampler`, `sampler_kwargs`, `num_inference_steps` and `guidance_scale` override the configured ones for this
-        call; `generator` (a CPU generator) makes the result reproducible, as does a given standard normal `noise`;
+        `sampler`, `sampler_kwargs`, `num_inference_steps` and the guidance options override the configured ones for
+        this call; `generator` (a CPU generator) makes the result reproducible, as does a given standard normal `noise`;
         conditional models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every
         step, with t the formulation's time (VP: the timestep, EDM: sigma, flow matching: t in [0, 1]).
         """
         labels = sample_labels(num_samples, class_labels, self.num_classes, self.device)
-        if noise is None:
-            noise = torch.randn((num_samples, *self.sample_shape), generator=generator)
+        noise = torch.randn((num_samples, *self.sample_shape), generator=generator) if noise is None else noise
         noise = noise.to(self.device)
         was_training = self.training
         self.eval()
         try:
             scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-            guided = dict(class_labels=labels, null_label=self.num_classes, guidance_scale=scale)
-            net = partial(diffusion.guided_output, self.denoiser, **guided)
+            interval = guidance_interval or self.hparams.get("guidance_interval")
+            weak = guide_network(self._guides, self, guide or self.hparams.get("guide"))
+            net = GuidedNet(self.denoiser, self.formulation, labels, self.num_classes, scale, weak, interval)
             options = self.hparams.sampler_kwargs if sampler_kwargs is None else sampler_kwargs
             x0 = self.formulation.sample(
                 net,
@@ -209,6 +210,7 @@ class DiffusionModule(L.LightningModule):
             metric.check(self.sample_shape, self.num_classes)
 
     def setup(self, stage: str) -> None:
+        guide_network(self._guides, self, self.hparams.get("guide"))  # a guide that does not fit: before any work
         if stage in ("fit", "validate", "test"):
             self.load_sample_metrics(self.device)
             check_held_out(self.hparams.val_num_samples, getattr(self.trainer, "datamodule", None), stage)
@@ -265,13 +267,11 @@ class DiffusionModule(L.LightningModule):
     def _log_sample_quality(self, stage: str) -> None:
         real, labels = self._held_out.take()
         self.validation_samples = self.evaluation_num_samples = None
-        if real is None or self.trainer.sanity_checking:
-            return
-        metrics, self.validation_samples, self.evaluation_num_samples = sample_quality(
-            self, real, labels, self.validation_samples_kept, self.validation_steps_kept
-        )
-        # every rank holds the same values: the reduce changes nothing
-        self.log_dict({f"{stage}/{name}": value.float() for name, value in metrics.items()}, sync_dist=True)
+        if real is not None and not self.trainer.sanity_checking:
+            kept = self.validation_samples_kept, self.validation_steps_kept
+            metrics, self.validation_samples, self.evaluation_num_samples = sample_quality(self, real, labels, *kept)
+            metrics = {f"{stage}/{name}": value.float() for name, value in metrics.items()}
+            self.log_dict(metrics, sync_dist=True)  # every rank holds the same values: the reduce changes nothing
 
     def on_validation_epoch_end(self) -> None:
         self._log_sample_quality("val")
@@ -281,8 +281,7 @@ class DiffusionModule(L.LightningModule):
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor | None]:
         """`batch` is (class labels (-1: none), sample indices) of the requested samples (data.SampleRequests)."""
-        seed, classes = self.hparams.sample_seed, self.num_classes
-        labels, noise, generator = requested_samples(batch, seed, self.sample_shape, classes)
+        labels, noise, generator = requested(batch, self.hparams.sample_seed, self.sample_shape, self.num_classes)
         samples = self.sample(len(noise), class_labels=labels, generator=generator, noise=noise)
         indices = batch[1].cpu()
         return {"samples": samples.cpu(), "class_labels": None if labels is None else labels.cpu(), "indices": indices}
