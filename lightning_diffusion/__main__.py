@@ -16,9 +16,9 @@ from lightning.pytorch import Trainer
 
 import lightning_diffusion.cli as cli
 from lightning_diffusion.errors import PROGRAM, SUBCOMMANDS, one_line_errors, parse_arguments
-from lightning_diffusion.tools import compare, evaluate, export, inspect
+from lightning_diffusion.tools import compare, evaluate, export, inspect, posthoc_ema
 
-TOOLS = {"evaluate": evaluate, "compare": compare, "export": export, "inspect": inspect}
+TOOLS = {"evaluate": evaluate, "compare": compare, "export": export, "inspect": inspect, "posthoc-ema": posthoc_ema}
 
 
 def _first_sentence(doc: str | None) -> str:

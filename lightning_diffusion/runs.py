@@ -102,6 +102,19 @@ def free_path(path: Path) -> Path:
     return next_numbered(path.parent, f"{path.stem}-{{}}{path.suffix}", first=1) if path.exists() else path
 
 
+POSTHOC_EMA = "posthoc_ema"  # the run folder's callbacks.PostHocEMA snapshots and their reconstructions
+
+
+def posthoc_ema_snapshots(run: str | Path) -> dict[int, Path]:
+    """The PostHocEMA snapshots of a run folder, <run>/posthoc_ema/snapshot-step=<step>.pt, by step."""
+    found = numbered(Path(run) / POSTHOC_EMA, "snapshot-step={}.pt")
+    return dict(sorted(found.items()))
+
+
+def posthoc_ema_snapshot(run: str | Path, step: int) -> Path:
+    return Path(run) / POSTHOC_EMA / f"snapshot-step={step:07d}.pt"
+
+
 def resumable_checkpoints(experiment: Path) -> list[Path]:
     """The resumable checkpoints of an experiment folder, newest first: any run's last.ckpt or interrupted.ckpt,
     and the hpc_ckpt_N.ckpt that Lightning's SLURM requeue saves in the experiment folder."""

@@ -1,1 +1,2 @@
-"""The commands beside training: evaluate, compare, export, inspect (`python -m lightning_diffusion <command>`)."""
+"""The commands beside training (`python -m lightning_diffusion <command>`): evaluate, compare, export, inspect,
+posthoc-ema."""
