@@ -170,7 +170,9 @@ def quality_curves_figure(
     for ax, (metric, floor, reference) in zip(axes, panels, strict=False):
         for key, group in sorted(
             lines.items(),
-            key=lambda item: [(isinstance(v, str), v if not isinstance(v, str) else 0, str(v)) for v in item[0]],
+            key=lambda item: [
+                (v is None, isinstance(v, str), v if isinstance(v, (int, float)) else 0, str(v)) for v in item[0]
+            ],
         ):
             group = sorted((row for row in group if row.get(metric) is not None), key=lambda row: row[x])
             label = ", ".join(

@@ -31,6 +31,7 @@ FRAGMENT_BASES = {
     "experiments/exp_003/mnist_vp.yaml": "mnist_cond.yaml",
     "experiments/exp_003/mnist_edm.yaml": "mnist_cond_edm.yaml",
     "experiments/exp_003/mnist_flow.yaml": "mnist_cond_flow.yaml",
+    "experiments/exp_005/mnist_edm.yaml": "mnist_cond_edm.yaml",
 }
 # The fragments that change what is trained (exp_003's only name the run or shorten it: parsing them is enough)
 TRAINED_FRAGMENTS = sorted(f for f in FRAGMENT_BASES if f.startswith("experiments/") and "/exp_003/" not in f)

@@ -138,7 +138,7 @@ class DiffusionModule(L.LightningModule):
         self.register_buffer("data_std", torch.tensor(data_std or [1.0]).view(stats_shape), persistent=False)
         self._held_out = HeldOut(val_num_samples)
         self._losses = LossMonitor()
-        self._guides: dict[str, nn.Module] = {}  # guide_network's, kept out of the state_dict
+        self.guides: dict[str, nn.Module] = {}  # the guide networks loaded, by path (kept out of the state_dict)
         self.last_train_loss: float | None = None
         # The first of the samples that the sample metrics of the last evaluation generated on this rank, for the
         # plots: how many of them (callbacks.SamplePlot and TrajectoryPlot set it), and of how many every sampler step
@@ -169,9 +169,10 @@ class DiffusionModule(L.LightningModule):
         """Generate `num_samples` samples (in data space unless `data_space=False`).
 
         `sampler`, `sampler_kwargs`, `num_inference_steps` and the guidance options override the configured ones for
-        this call; `generator` (a CPU generator) makes the result reproducible, as does a given standard normal `noise`;
-        conditional models without `class_labels` cycle through the classes. `callback(i, t, x_t, x0_pred)` sees every
-        step, with t the formulation's time (VP: the timestep, EDM: sigma, flow matching: t in [0, 1]).
+        this call (``guide=""``: none); `generator` (a CPU generator) makes the result reproducible, as does a given
+        standard normal `noise`; conditional models without `class_labels` cycle through the classes.
+        `callback(i, t, x_t, x0_pred)` sees every step, with t the formulation's time (VP: the timestep, EDM: sigma,
+        flow matching: t in [0, 1]).
         """
         labels = sample_labels(num_samples, class_labels, self.num_classes, self.device)
         noise = torch.randn((num_samples, *self.sample_shape), generator=generator) if noise is None else noise
@@ -180,8 +181,8 @@ class DiffusionModule(L.LightningModule):
         self.eval()
         try:
             scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-            interval = guidance_interval or self.hparams.get("guidance_interval")
-            weak = guide_network(self._guides, self, guide or self.hparams.get("guide"))
+            interval = self.hparams.get("guidance_interval") if guidance_interval is None else guidance_interval
+            weak = guide_network(self.guides, self, self.hparams.get("guide") if guide is None else guide)
             net = GuidedNet(self.denoiser, self.formulation, labels, self.num_classes, scale, weak, interval)
             options = self.hparams.sampler_kwargs if sampler_kwargs is None else sampler_kwargs
             x0 = self.formulation.sample(
@@ -210,7 +211,7 @@ class DiffusionModule(L.LightningModule):
             metric.check(self.sample_shape, self.num_classes)
 
     def setup(self, stage: str) -> None:
-        guide_network(self._guides, self, self.hparams.get("guide"))  # a guide that does not fit: before any work
+        guide_network(self.guides, self, self.hparams.get("guide"))  # a guide that does not fit: before any work
         if stage in ("fit", "validate", "test"):
             self.load_sample_metrics(self.device)
             check_held_out(self.hparams.val_num_samples, getattr(self.trainer, "datamodule", None), stage)

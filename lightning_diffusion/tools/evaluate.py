@@ -1,4 +1,5 @@
-"""Sample quality over a grid of checkpoints x samplers x steps x guidance, one command, resumable.
+"""Sample quality over a grid of checkpoints x samplers x steps x guidance (scale, interval, guide) x post-hoc EMA
+length, one command, resumable.
 
     python -m lightning_diffusion evaluate --runs "[outputs/moons/version_0]" \\
         --samplers "[DDPMScheduler, DPMSolverMultistepScheduler]" --steps "[10, 20]" --num_samples 2000
@@ -13,6 +14,8 @@ the curves quality_vs_nfe.png, quality_vs_guidance.png and quality_vs_step.png (
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,18 @@ from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.metrics.features import INCEPTION_PATH
 from lightning_diffusion.model.module import DiffusionModule
 from lightning_diffusion.runs import checkpoints_in, next_numbered, numbered, write_atomically
-from lightning_diffusion.tools.grid import cell_key, cell_row, check_cells, generation_labels, grid_cells, score_samples
+from lightning_diffusion.tools.grid import (
+    cell_key,
+    cell_row,
+    check_cells,
+    check_ema_lengths,
+    generation_labels,
+    grid_cells,
+    load_weights,
+    score_samples,
+)
 from lightning_diffusion.tools.report import (
+    AXES,
     CELL_COLUMNS,
     append_row,
     log_to_wandb,
@@ -58,6 +71,12 @@ class Options:
         guidance: Guidance scales of the grid (default: each checkpoint's).
         cells: SAMPLER:STEPS pairs instead of the samplers x steps product (e.g. [DDPMScheduler:1000,
             DDIMScheduler:50]), each with every guidance scale.
+        guidance_intervals: Guidance intervals [sigma_lo, sigma_hi] of the grid, in the formulation's noise level
+            (null: guidance at every noise level; default: each checkpoint's).
+        guides: Guide checkpoints of the grid, for autoguidance (null: the unconditional model; default: each
+            checkpoint's).
+        ema_lengths: Post-hoc EMA lengths sigma_rel of the grid, reconstructed from each run's PostHocEMA snapshots
+            at the checkpoint's step (null: the checkpoint's own weights).
         num_samples: Samples generated per cell and seed.
         seed: Seed of the first resampling (as the model's sample_seed in `validate`).
         num_seeds: Resamplings per cell (seeds seed, seed + 1, ...): the spread.
@@ -87,6 +106,9 @@ class Options:
     steps: list[int] | None = None
     guidance: list[float] | None = None
     cells: list[str] | None = None
+    guidance_intervals: list[tuple[float, float] | None] | None = None
+    guides: list[str | None] | None = None
+    ema_lengths: list[float | None] | None = None
     num_samples: int = 2000
     seed: int = 0
     num_seeds: int = 3
@@ -120,9 +142,15 @@ class Options:
                 raise ValueError(f"--{name} must be at least {least}, got {min(values)}.")
 
 
+def grid_axes(options: Options) -> tuple[list | None, list | None, list | None]:
+    """The values of the grid's guidance-interval, guide and EMA-length axes (None where not given)."""
+    return options.guidance_intervals, options.guides, options.ema_lengths
+
+
 def identity(options: dict[str, Any]) -> dict[str, Any]:
-    """The options that decide the cells' numbers (an unset one, None, is absent from a saved config.yaml)."""
-    return {k: v for k, v in (options or {}).items() if k not in NOT_IDENTITY and v is not None}
+    """The options that decide the cells' numbers (an unset one, None, is absent from a saved config.yaml), with
+    tuples as the lists that config.yaml reads back."""
+    return {k: json.loads(json.dumps(v)) for k, v in (options or {}).items() if k not in NOT_IDENTITY and v is not None}
 
 
 def checkpoints_of(run: str, every: bool) -> list[Path]:
@@ -174,18 +202,20 @@ def evaluate(options: Options, command: str = "") -> Path:
     folder = eval_folder(options, first, experiment)
     results = folder / "results.csv"
     columns, rows = read_rows(results)
-    done = {cell_key(r["checkpoint"], r["step"], r["sampler"], r["steps"], r["guidance"]) for r in rows}
+    axes = [name for name, given in zip(AXES, grid_axes(options), strict=True) if given]
+    done = {cell_key(*(r.get(k) for k in ("checkpoint", "step", "sampler", "steps", "guidance", *AXES))) for r in rows}
     seeds = [options.seed + k for k in range(options.num_seeds)]
     scorers = Scorers(options, device)
-    per_model = len(options.cells or [0]) if options.cells else len(options.samplers or [0]) * len(options.steps or [0])
-    per_model *= len(options.guidance or [0])
+    grid = [options.cells] if options.cells else [options.samplers, options.steps]
+    per_model = math.prod(len(values or [0]) for values in (*grid, options.guidance, *grid_axes(options)))
     cells_bar = tqdm(total=per_model * len(infos) + len(samples), desc="cells", disable=not options.progress)
 
     def record(row: dict[str, Any], names: list[str]) -> None:
         nonlocal columns
         if not folder.exists():
             write_atomically(folder / "config.yaml", yaml.safe_dump(asdict(options), sort_keys=False))
-        columns = columns or [*CELL_COLUMNS, *metric_columns(names), "seconds"]
+        columns = columns or [*CELL_COLUMNS[:7], *axes, *CELL_COLUMNS[7:], *metric_columns(names), "seconds"]
+        row = {k: v for k, v in row.items() if k not in AXES or k in axes}
         if set(row) - set(columns):
             raise ValueError(
                 f"{row['run']} gives metrics ({', '.join(sorted(set(row) - set(columns)))}) that "
@@ -198,7 +228,9 @@ def evaluate(options: Options, command: str = "") -> Path:
     try:
         for _, (checkpoint, config, step) in sorted(infos.items()):
             model = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu").to(device).eval()
-            cells = grid_cells(model, options.samplers, options.steps, options.guidance, options.cells)
+            cells = grid_cells(
+                model, options.samplers, options.steps, options.guidance, options.cells, *grid_axes(options)
+            )
             run = f"{run_folder(checkpoint).parent.name}/{run_folder(checkpoint).name}"
             todo = [c for c in cells if cell_key(checkpoint, step, *c) not in done]
             cells_bar.update(len(cells) - len(todo))
@@ -212,10 +244,13 @@ def evaluate(options: Options, command: str = "") -> Path:
                 or model.hparams.get("sample_batch_size")
                 or (IMAGE_BATCH if len(model.sample_shape) > 1 else None)
             )
-            for cell in todo:
-                cells_bar.set_postfix_str(
-                    f"{run} step {step}: {cell.sampler}, {cell.steps} steps, guidance {cell.guidance}"
-                )
+            own, loaded = {k: v.clone() for k, v in model.denoiser.state_dict().items()}, None
+            check_ema_lengths(run_folder(checkpoint), step, todo)
+            for cell in sorted(todo, key=lambda c: (c.ema is not None, c.ema or 0.0)):  # each EMA length once
+                if cell.ema != loaded:
+                    load_weights(model, own, run_folder(checkpoint), step, cell.ema)
+                    loaded = cell.ema
+                cells_bar.set_postfix_str(f"{run} step {step}: {', '.join(map(str, cell))}")
                 with tqdm(
                     total=options.num_samples * len(seeds), desc="samples", leave=False, disable=not options.progress
                 ) as bar:
@@ -239,8 +274,8 @@ def finish(options: Options, folder: Path, experiment: str, columns: list[str], 
         return folder
     details = (
         f"{options.num_samples} samples per cell, mean ± standard deviation over {options.num_seeds} seeds from "
-        f"{options.seed}; reference: {options.reference}; NFE = network calls of one sampling call (a guided "
-        "conditional + unconditional pair is one batched call)."
+        f"{options.seed}; reference: {options.reference}; NFE = network evaluations per sample (a guided step "
+        "is 2: the model and the unconditional model or the guide; outside the guidance interval 1)."
     )
     meta = {"experiment": experiment, "command": command, "details": details, "columns": columns}
     plots = write_summaries(folder, columns, rows, meta)

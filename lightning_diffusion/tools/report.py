@@ -18,6 +18,7 @@ from lightning_diffusion.runs import save_figure, write_atomically
 
 # What a row says about its cell; the metric columns follow, then `seconds`.
 CELL_COLUMNS = ["checkpoint", "run", "step", "sampler", "steps", "nfe", "guidance", "samples", "seeds"]
+AXES = ("interval", "guide", "ema")  # the grid's further axes, columns after `guidance` where the grid has them
 Row = dict[str, Any]
 
 
@@ -118,6 +119,7 @@ PLOTS = {  # file: (x axis, one line per)
     "quality_vs_nfe.png": ("nfe", ["sampler", "run", "step", "guidance"]),
     "quality_vs_guidance.png": ("guidance", ["sampler", "steps", "run", "step"]),
     "quality_vs_step.png": ("step", ["sampler", "steps", "guidance", "run"]),
+    "quality_vs_ema.png": ("ema", ["sampler", "steps", "guidance", "run", "step"]),
 }
 
 
@@ -127,6 +129,7 @@ def write_summaries(folder: Path, columns: list[str], rows: list[Row], meta: dic
     plots = []
     for name, (x, lines_by) in PLOTS.items():
         title = f"{meta['experiment']}: quality against {x}"
+        lines_by = [*lines_by, *(axis for axis in AXES if axis in columns and axis != x)]
         fig = quality_curves_figure(rows, plotted_metrics(columns), x, lines_by, title)
         if fig is not None:
             plots.append(save_figure(fig, folder / name))
