@@ -122,7 +122,6 @@ def test_the_math_and_the_plots_are_pure():
         assert not {m for m in imported if m.startswith(("lightning", "lightning_diffusion"))}, (path, imported)
 
 
-@pytest.mark.xfail(strict=True, reason="metrics/features.py is still over 300 lines")
 def test_the_top_level_holds_few_modules_and_no_file_is_long():
     top = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
     assert len(top) <= 8, top

@@ -15,25 +15,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from lightning_diffusion.checkpoints import check_checkpoint, first_readable
+from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named
 from lightning_diffusion.metrics.classifier import ImageClassifier
-from lightning_diffusion.runs import checkpoints_in
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_PATH = "data/weights/weights-inception-2015-12-05-6726825d.pth"
-
-
-class _PrecomputedFeatures(nn.Module):
-    """The 'feature extractor' of torchmetrics' KID when the features are computed beforehand."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features
 
 
 class FeatureStats:
@@ -98,7 +86,7 @@ def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
 def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int = 50) -> Tensor:
     """Unbiased squared MMD with the cubic polynomial kernel (KID), averaged over random subsets, by torchmetrics."""
     kid = KernelInceptionDistance(
-        feature=_PrecomputedFeatures(x.shape[1]),
+        feature=nn.Identity(),  # the features are computed beforehand
         subsets=subsets,
         subset_size=min(subset_size, len(x), len(y)),
         sync_on_compute=False,
@@ -121,14 +109,7 @@ class SampleMetrics:
     at a time (FeatureStats), so `evaluate` holds features, never more images than one batch.
     """
 
-    names = {
-        "fd": "fd",
-        "fd_floor": "fd_floor",
-        "kid": "kid",
-        "kid_floor": "kid_floor",
-        "accuracy": "accuracy",
-        "accuracy_real": "accuracy_real",
-    }
+    names = {name: name for name in ("fd", "fd_floor", "kid", "kid_floor", "accuracy", "accuracy_real")}
 
     def __init__(self, batch_size: int = 200, kid_subset_size: int = 100, kid_max_samples: int = 10_000) -> None:
         self.batch_size = batch_size
@@ -281,14 +262,13 @@ class ClassifierMetrics(SampleMetrics):
         self._classifier = None
 
     def _checkpoint_file(self) -> Path:
-        """The checkpoint that `checkpoint` names; of an experiment folder the newest readable one."""
-        candidates = checkpoints_in(self.checkpoint)
-        found = first_readable(candidates) if len(candidates) > 1 else next(iter(candidates), None)
+        """The checkpoint that `checkpoint` names (of an experiment folder the newest readable one)."""
+        found = checkpoint_named(self.checkpoint)
         if found is None:
             raise ValueError(
-                f"No classifier checkpoint at {self.checkpoint}: train one first with "
-                "`python -m lightning_diffusion fit --config configs/mnist_classifier.yaml` (or the matching config) "
-                "and give its checkpoint, run folder or experiment folder."
+                f"No classifier checkpoint at {self.checkpoint}: train one first with `python -m lightning_diffusion "
+                "fit --config configs/mnist_classifier.yaml` (or the matching config) and give its checkpoint, run "
+                "folder or experiment folder."
             )
         return found
 
