@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,27 +13,19 @@ from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.formulations.ddpm import guided_output, in_interval
 
 
+@dataclass
 class GuidedNet:
     """net(x_in, time_input) of a formulation's sampler: `denoiser` at `class_labels`, guided with scale `scale`
-    by the unconditional model or by `guide`, at the noise levels of `interval` only (all where None)."""
+    by the unconditional model (the label `null_label`) or by `guide`, at the noise levels of `interval` only (all
+    where None)."""
 
-    def __init__(
-        self,
-        denoiser: nn.Module,
-        formulation: Formulation,
-        class_labels: Tensor | None,
-        null_label: int | None,
-        scale: float,
-        guide: nn.Module | None = None,
-        interval: tuple[float, float] | None = None,
-    ) -> None:
-        self.denoiser, self.formulation, self.class_labels, self.null_label = (
-            denoiser,
-            formulation,
-            class_labels,
-            null_label,
-        )
-        self.scale, self.guide, self.interval = scale, guide, interval
+    denoiser: nn.Module
+    formulation: Formulation
+    class_labels: Tensor | None
+    null_label: int | None
+    scale: float
+    guide: nn.Module | None = None
+    interval: tuple[float, float] | None = None
 
     def __call__(self, x_in: Tensor, time_input: Tensor) -> Tensor:
         inside = None
