@@ -17,6 +17,8 @@ from lightning_diffusion.__main__ import main as command
 from lightning_diffusion.runs import posthoc_ema_snapshots
 from lightning_diffusion.tools.posthoc_ema import reconstruct
 
+pytestmark = pytest.mark.slow  # three fits, one stopped by SIGTERM and resumed: with the other resume proofs
+
 MOONS = str(REPO / "configs" / "moons.yaml")
 SMALL = [  # 4 steps an epoch, validation every epoch (where the SIGTERM comes)
     *("--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "512"),

@@ -59,7 +59,7 @@ def test_the_grid_over_intervals_guides_and_ema_lengths(runs, tmp_path):
     args = [
         *("evaluate", "--runs", f"[{runs['model']}]", "--samplers", "[ddim]", "--steps", "[8]"),
         *("--guidance", "[1.0, 2.0]", "--guides", f"[null, {weak}]", "--guidance_intervals", f"[null, {INTERVAL}]"),
-        *("--ema_lengths", "[null, 0.05, 0.1]", "--num_samples", "256", "--num_seeds", "2", "--progress", "false"),
+        *("--ema_lengths", "[null, 0.05, 0.1]", "--num_samples", "128", "--num_seeds", "2", "--progress", "false"),
         *("--output_dir", str(tmp_path)),
     ]
     folder = main(args)
