@@ -169,3 +169,28 @@ def test_a_malformed_interval_is_one_sentence(interval):
         check_interval(interval)
     with pytest.raises(ValueError, match="guidance_interval must be"):
         oracle_model(guidance_interval=interval)
+
+
+def vp_model(**options) -> DiffusionModule:
+    denoiser = MLPDenoiser(sample_shape=options.get("sample_shape", (2,)), num_classes=None, hidden_dim=8, num_blocks=1)
+    return DiffusionModule(denoiser=denoiser, **{"scheduler": SCHEDULER, **options})
+
+
+@pytest.mark.parametrize(
+    "guide,words",
+    [
+        (dict(sample_shape=(3,)), "its sample shape is (3,), the model's (2,)"),
+        (dict(prediction_type="v_prediction"), "its prediction_type is v_prediction, the model's epsilon"),
+        (dict(formulation=FlowMatching()), "its formulation is FlowMatching, the model's VP"),
+        (dict(scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")), "noise schedule"),
+    ],
+)
+def test_what_keeps_a_guide_from_fitting_is_named(guide, words):
+    from lightning_diffusion.model.guidance import fits
+
+    model = vp_model(sample_shape=(2,))
+    options = {"sample_shape": (2,), **guide}
+    if "formulation" in options:
+        options["scheduler"] = None
+    assert fits(model, vp_model(sample_shape=(2,))) is None
+    assert words in fits(model, vp_model(**options))
