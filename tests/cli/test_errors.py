@@ -27,7 +27,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 from conftest import REPO, cpu_overrides  # noqa: E402
 from helpers.fakes import GENDERS, make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
-from test_signals import SENDER, send  # noqa: E402
+from helpers.stop_signals import SENDER, send  # noqa: E402
 
 from lightning_diffusion.__main__ import main as command  # noqa: E402
 
@@ -97,7 +97,7 @@ class Case:
     writes: bool | None = False  # whether files appear in the world (None: not checked, the run decides)
     line: str = "error:"  # how the lines shown in the table start
     table_only: bool = False  # tested on its own (a success, a traceback on purpose, a signal)
-    signal: tuple = ()  # (name, stage, batch[, again]): the run sends itself that signal (test_signals.send)
+    signal: tuple = ()  # (name, stage, batch[, again]): the run sends itself that signal (helpers.stop_signals.send)
 
 
 CASES = [
@@ -627,7 +627,7 @@ def table(root: Path, words: list[str] | None = None) -> str:
             continue
         before = snapshot(root)
         env = {**os.environ, "LIGHTNING_DIFFUSION_DEBUG": "", **case.env}
-        # a case with a signal runs the same CLI through test_signals.SENDER, which sends it
+        # a case with a signal runs the same CLI through helpers.stop_signals.SENDER, which sends it
         argv = (
             ["-c", SENDER, *case.args, *send(*case.signal)]
             if case.signal
