@@ -129,6 +129,12 @@ def test_the_top_level_holds_few_modules_and_no_file_is_long():
     assert not long, long
 
 
+def test_no_test_file_is_over_300_lines():
+    tests = REPO / "tests"
+    long = {str(p.relative_to(REPO)): n for p in tests.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
+
+
 def test_no_import_inside_a_function_but_optional_heavy_dependencies():
     allowed = {"datasets", "torchmetrics.image.fid"}  # optional or heavy
     for path in PACKAGE.rglob("*.py"):
