@@ -121,12 +121,12 @@ def test_image_grid_streams_through_the_classifier(image_runs, tmp_path):
         "classifier_accuracy_real",
     } <= set(columns)
     grid, scored = rows[:4], rows[4]
-    # classifier-free guidance batches the conditional and unconditional inputs: one network call per step
+    # NFE per sample: a guided step evaluates the conditional and the unconditional model (in one batched call)
     assert sorted((r["steps"], r["guidance"], r["nfe"]) for r in grid) == [
         ("2", "1.0", "2"),
-        ("2", "2.0", "2"),
+        ("2", "2.0", "4"),
         ("3", "1.0", "3"),
-        ("3", "2.0", "3"),
+        ("3", "2.0", "6"),
     ]
     assert all(float(r["classifier_fd"]) > float(r["classifier_fd_floor"]) for r in grid)  # two training steps
     assert scored["checkpoint"] == str(predicted) and scored["samples"] == "30" and scored["sampler"] == "DDIMScheduler"
