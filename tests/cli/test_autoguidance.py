@@ -77,7 +77,7 @@ def test_a_weaker_guide_and_an_interval_change_the_samples(run_cli, tmp_path, ru
         ("conditional", "its num_classes is 2, the model's None"),
     ],
 )
-@pytest.mark.parametrize("command", ["predict", "fit"])
+@pytest.mark.parametrize("command", ["predict", pytest.param("fit", marks=pytest.mark.slow)])
 def test_a_guide_that_does_not_fit_is_one_sentence_before_any_work(
     run_cli, tmp_path, capsys, runs, guide, words, command
 ):

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 from conftest import REPO
+from diffusers import DDPMScheduler
 
 from lightning_diffusion import DiffusionModule
+from lightning_diffusion.denoisers import MLPDenoiser
 from lightning_diffusion.tools.grid import Cell, cell_key, grid_cells
 
 MOONS = str(REPO / "configs" / "moons.yaml")
@@ -34,8 +36,9 @@ def runs(tmp_path_factory):
     return {name: next((root / name).glob("*/version_0")) for name in ("model", "weak")}
 
 
-def test_an_unconditional_model_is_guided_only_by_a_guide(runs):
-    model = DiffusionModule.load_from_checkpoint(runs["model"] / "checkpoints" / "last.ckpt")
+def test_an_unconditional_model_is_guided_only_by_a_guide():
+    denoiser = MLPDenoiser(sample_shape=(2,), num_classes=None, hidden_dim=8, num_blocks=1)
+    model = DiffusionModule(denoiser=denoiser, scheduler=DDPMScheduler(), sampler="ddim")
     cells = grid_cells(model, ["ddim"], [8], [1.0, 2.0], None, [None, (0.5, 5.0)], [None, "weak.ckpt"], [None, 0.1])
     assert len(cells) == 2 * 2 + 2 * 2 * 2  # intervals x EMA lengths, without a guide at guidance 1 only
     assert all(c.guide == "weak.ckpt" for c in cells if c.guidance != 1.0)
@@ -52,6 +55,7 @@ def test_rows_from_before_the_axes_are_the_cells_without_them():
     )
 
 
+@pytest.mark.slow  # two fits and an 18-cell grid
 def test_the_grid_over_intervals_guides_and_ema_lengths(runs, tmp_path):
     from lightning_diffusion.__main__ import main
 
@@ -91,6 +95,7 @@ def test_the_grid_over_intervals_guides_and_ema_lengths(runs, tmp_path):
     assert again == folder and len(list(csv.DictReader(open(folder / "results.csv", newline="")))) == 18
 
 
+@pytest.mark.slow  # the session's moons training, if no other test of this process made it
 def test_an_ema_length_without_snapshots_is_one_sentence(trained_moons, tmp_path, capsys):
     from lightning_diffusion.__main__ import main
 
