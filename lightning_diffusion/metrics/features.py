@@ -1,7 +1,7 @@
 """Sample-quality metrics of images: FID/KID on Inception features, and the offline classifier metrics.
 
-Each metric compares generated images with held-out real ones in feature space, with the Frechet (Heusel et al.
-2017) and torchmetrics' kernel (Binkowski et al. 2018) distances, and reports the real-vs-real floor of the same
+Each metric compares generated images with held-out real ones in feature space, with torchmetrics' Frechet (Heusel
+et al. 2017) and kernel (Binkowski et al. 2018) distances, and reports the real-vs-real floor of the same
 sample size (Frechet distances are biased upwards for small samples, so only distances well above it mean
 anything). Configured as `sample_metrics` of DiffusionModule (see configs/metrics/); not part of the state_dict.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named
@@ -24,63 +25,38 @@ INCEPTION_URL = (
 INCEPTION_PATH = "data/weights/weights-inception-2015-12-05-6726825d.pth"
 
 
-class FeatureStats:
-    """One image set in a metric's feature space, accumulated batch by batch so that no set is ever held whole:
-    the sums of the Frechet distance (sum f, sum f f^T and the count, in float64), the first `kid_max_samples`
-    features for KID (which scores random subsets of them), and the hits of the class-conditional accuracy."""
+class GivenFeatures(nn.Identity):
+    """The `feature` module of torchmetrics' image metrics for features computed beforehand: passes them through and
+    gives their number as `num_features`, which the metrics read."""
 
-    def __init__(self, kid_max_samples: int = 10_000) -> None:
-        self.kid_max_samples = kid_max_samples
-        self.count = 0
-        self.sum: Tensor | None = None
-        self.outer_sum: Tensor | None = None
-        self.kid_features: list[Tensor] = []
-        self.hits, self.labelled = 0, 0
-
-    def add(self, features: Tensor, logits: Tensor | None = None, labels: Tensor | None = None) -> None:
-        features = features.double()
-        if self.sum is None:
-            self.sum = features.new_zeros(features.shape[1])
-            self.outer_sum = features.new_zeros(features.shape[1], features.shape[1])
-        self.sum += features.sum(0)
-        self.outer_sum += features.T @ features
-        kept = sum(len(f) for f in self.kid_features)
-        if kept < self.kid_max_samples:
-            self.kid_features.append(features[: self.kid_max_samples - kept].cpu())
-        self.count += len(features)
-        if logits is not None and labels is not None:
-            self.hits += int((logits.argmax(1) == labels.to(logits.device)).sum())
-            self.labelled += len(labels)
-
-    def moments(self) -> tuple[Tensor, Tensor]:
-        """The mean and the unbiased covariance of the features."""
-        if self.count < 2:
-            raise ValueError(
-                f"A Frechet distance needs at least 2 samples in each set, got {self.count}: use more samples."
-            )
-        mean = self.sum / self.count
-        return mean, (self.outer_sum - self.count * torch.outer(mean, mean)) / (self.count - 1)
-
-    def accuracy(self) -> Tensor | None:
-        return torch.tensor(self.hits / self.labelled, dtype=torch.float64) if self.labelled else None
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
 
 
-def frechet_distance_of(x: FeatureStats, y: FeatureStats) -> Tensor:
-    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
-    |mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2)), in float64, with tr((S_x S_y)^(1/2)) the sum of the square
-    roots of the eigenvalues of S_x S_y (as torchmetrics)."""
-    (mu_x, s_x), (mu_y, s_y) = x.moments(), y.moments()
-    s_y = s_y.to(s_x.device)
-    root_trace = torch.linalg.eigvals(s_x @ s_y).sqrt().real.sum()
-    return ((mu_x - mu_y.to(mu_x.device)).square().sum() + s_x.trace() + s_y.trace() - 2 * root_trace).float()
+def frechet_metric(num_features: int) -> FrechetInceptionDistance:
+    """torchmetrics' Frechet distance between Gaussians fitted to two sets of features (N, num_features) (Heusel et
+    al. 2017): |mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2)) of their means and unbiased covariances, from the
+    float64 sums of f and f f^T of the real set and of the generated one, streamed by `update`. `reset` drops only
+    the generated set; each rank computes on its own sums."""
+    given = GivenFeatures(num_features)
+    return FrechetInceptionDistance(feature=given, reset_real_features=False, sync_on_compute=False)
+
+
+def frechet_of(metric: FrechetInceptionDistance | None) -> Tensor:
+    """The Frechet distance of a frechet_metric (None: no features yet), in float32."""
+    count = 0 if metric is None else int(min(metric.real_features_num_samples, metric.fake_features_num_samples))
+    if count < 2:
+        raise ValueError(f"A Frechet distance needs at least 2 samples in each set, got {count}: use more samples.")
+    return metric.compute().float()
 
 
 def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
-    """Frechet distance between Gaussians fitted to two feature sets (N, D) (frechet_distance_of)."""
-    stats_x, stats_y = FeatureStats(0), FeatureStats(0)
-    stats_x.add(x)
-    stats_y.add(y)
-    return frechet_distance_of(stats_x, stats_y)
+    """Frechet distance between Gaussians fitted to two feature sets (N, D) (frechet_metric)."""
+    metric = frechet_metric(x.shape[1]).to(x.device)
+    metric.update(x, real=True)
+    metric.update(y.to(x.device), real=False)
+    return frechet_of(metric)
 
 
 def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int = 50) -> Tensor:
@@ -99,14 +75,66 @@ def kernel_distance(x: Tensor, y: Tensor, subset_size: int = 100, subsets: int =
     return mean.float()
 
 
+class Comparison:
+    """Generated image sets, one at a time, against a real set in a SampleMetrics' feature space, streamed a batch at
+    a time (no set is held whole): both sets' Frechet sums in a frechet_metric (`reset` drops the generated set's),
+    the first `kid_max_samples` features of each for KID, the generated set's class hits, and the floor's scores."""
+
+    def __init__(self, metric: SampleMetrics) -> None:
+        self.metric = metric
+        self.frechet: FrechetInceptionDistance | None = None  # built on the first batch, which gives the feature count
+        self.kept: dict[bool, list[Tensor]] = {True: [], False: []}  # KID's features of the real and generated sets
+        self.hits, self.labelled = 0, 0
+        self.floor: dict[str, Tensor | None] = {}
+
+    @torch.no_grad()
+    def add(self, images: Tensor, labels: Tensor | None = None, real: bool = False) -> None:
+        """Adds images in data space (N, C, H, W), `batch_size` at a time, to the real set or to the generated one,
+        with the classes they were asked for (`labels`)."""
+        size = self.metric.batch_size
+        for start in range(0, len(images), size):
+            features, logits = self.metric._features(images[start : start + size])
+            if self.frechet is None:
+                self.frechet = frechet_metric(features.shape[1]).to(features.device)
+            self.frechet.update(features, real=real)
+            room = self.metric.kid_max_samples - sum(len(f) for f in self.kept[real])
+            if room > 0:
+                self.kept[real].append(features[:room].double().cpu())
+            if logits is not None and labels is not None:
+                self.hits += int((logits.argmax(1) == labels[start : start + size].to(logits.device)).sum())
+                self.labelled += len(features)
+
+    def reset(self) -> None:
+        """Drops the generated set; the real one stays."""
+        if self.frechet is not None:
+            self.frechet.reset()
+        self.kept[False], self.hits, self.labelled = [], 0, 0
+
+    def _generated(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The Frechet distance, KID and class-conditional accuracy of the generated set."""
+        kid = kernel_distance(torch.cat(self.kept[True]), torch.cat(self.kept[False]), self.metric.kid_subset_size)
+        accuracy = torch.tensor(self.hits / self.labelled, dtype=torch.float64) if self.labelled else None
+        return frechet_of(self.frechet), kid, accuracy
+
+    def score_floor(self) -> None:
+        """Scores the generated set as the floor (a real set disjoint from the real one), then drops it."""
+        self.floor = dict(zip(("fd_floor", "kid_floor", "accuracy_real"), self._generated(), strict=True))
+        self.reset()
+
+    def scores(self) -> dict[str, Tensor]:
+        """The metrics of the generated set against the real one, and the floor's, under the metric's names."""
+        metrics = dict(zip(("fd", "kid", "accuracy"), self._generated(), strict=True)) | self.floor
+        return {name: metrics[k] for k, name in self.metric.names.items() if metrics.get(k) is not None}
+
+
 class SampleMetrics:
     """Scores generated images against real ones in the feature space of `_features`.
 
     ``evaluate`` returns the Frechet distance generated vs real (``fd``), the same between two disjoint real sets
     (``fd_floor``), KID generated vs real (``kid``) and its floor (``kid_floor``); for extractors with logits also
     ``accuracy`` (generated samples classified as the class they were asked for) and ``accuracy_real`` (on the real
-    floor set). Each is logged under the name that `names` gives it. The sets stream through `accumulate` a batch
-    at a time (FeatureStats), so `evaluate` holds features, never more images than one batch.
+    floor set). Each is logged under the name that `names` gives it. The sets stream through a Comparison a batch
+    at a time, so `evaluate` holds features, never more images than one batch.
     """
 
     names = {name: name for name in ("fd", "fd_floor", "kid", "kid_floor", "accuracy", "accuracy_real")}
@@ -129,31 +157,6 @@ class SampleMetrics:
         """(features, logits or None) of images in data space [0, 1], (N, C, H, W)."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def accumulate(
-        self, images: Tensor, labels: Tensor | None = None, stats: FeatureStats | None = None
-    ) -> FeatureStats:
-        """Adds images in data space (N, C, H, W), `batch_size` at a time, and their asked-for `labels` to `stats`
-        (a new FeatureStats if None), which it returns."""
-        stats = FeatureStats(self.kid_max_samples) if stats is None else stats
-        for start in range(0, len(images), self.batch_size):
-            features, logits = self._features(images[start : start + self.batch_size])
-            stats.add(features, logits, None if labels is None else labels[start : start + self.batch_size])
-        return stats
-
-    def scores(self, generated: FeatureStats, real: FeatureStats, real_floor: FeatureStats) -> dict[str, Tensor]:
-        """The metrics of the generated set against the real one, and their floors (the real floor set's)."""
-        kid = lambda x: kernel_distance(torch.cat(real.kid_features), torch.cat(x.kid_features), self.kid_subset_size)  # noqa: E731
-        metrics = {
-            "fd": frechet_distance_of(real, generated),
-            "fd_floor": frechet_distance_of(real, real_floor),
-            "kid": kid(generated),
-            "kid_floor": kid(real_floor),
-            "accuracy": generated.accuracy(),
-            "accuracy_real": real_floor.accuracy(),
-        }
-        return {self.names[name]: value for name, value in metrics.items() if value is not None and name in self.names}
-
     def evaluate(
         self,
         generated: Tensor,
@@ -162,11 +165,12 @@ class SampleMetrics:
         generated_labels: Tensor | None = None,
         real_floor_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        return self.scores(
-            self.accumulate(generated, generated_labels),
-            self.accumulate(real),
-            self.accumulate(real_floor, real_floor_labels),
-        )
+        comparison = Comparison(self)
+        comparison.add(real, real=True)
+        comparison.add(real_floor, real_floor_labels)
+        comparison.score_floor()
+        comparison.add(generated, generated_labels)
+        return comparison.scores()
 
 
 class InceptionMetrics(SampleMetrics):

@@ -3,8 +3,8 @@ turn a stream of generated batches into the sample metrics and their floors.
 
 Points (2D): SWD and MMD against the first n points of the reference, with the floors of sample_quality.floor_sets
 (independent draws of the data distribution), exactly as `validate` computes them. Images: each metric's features
-(evaluation.FeatureStats) of the reference and of the floor set are accumulated once, a batch at a time; generated
-images stream through the same extractors, so no image set is held whole, whatever the number of samples.
+(features.Comparison) of the reference are accumulated once, a batch at a time, and the floor set is scored once;
+generated images stream through the same extractors, so no image set is held whole, whatever the number of samples.
 `Scorers` keeps one scorer per data config and sample count, so an evaluation reads each real set once.
 """
 
@@ -29,7 +29,7 @@ from lightning_diffusion.metrics.distances import distribution_metrics, floor_me
 from lightning_diffusion.metrics.features import (
     INCEPTION_PATH,
     ClassifierMetrics,
-    FeatureStats,
+    Comparison,
     InceptionMetrics,
     SampleMetrics,
 )
@@ -173,7 +173,8 @@ class PointScorer:
 
 
 class ImageScorer:
-    """Images: each metric's features of the reference and floor sets, accumulated once; generated images streamed.
+    """Images: each metric's features of the reference, accumulated once, and the floor set, scored once; generated
+    images streamed, one set at a time.
 
     The floor set is the held-out split: its images after the first n when it is also the reference (as `test`
     does), else its first n, or all of it where it has fewer (the floor_samples column says how many)."""
@@ -188,7 +189,7 @@ class ImageScorer:
         device: torch.device,
         progress: Callable[[Batches, str], Batches],
     ) -> None:
-        self.metrics, self.batch_size = metrics, batch_size
+        self.batch_size = batch_size
         shape = (1, -1, 1, 1)
         self.mean, self.std = (torch.tensor(s, device=device).view(shape) for s in (data.data_mean, data.data_std))
         ref, floor_from = reference_set(data, reference), held_out(data)
@@ -202,31 +203,31 @@ class ImageScorer:
         else:
             floor_from = Subset(floor_from, range(min(num_samples, len(floor_from))))
         self.floor_samples = len(floor_from)
-        self.reference = self._accumulate(progress(batches(ref, batch_size), f"reference ({len(ref)} real)"), False)
-        self.floor = self._accumulate(
-            progress(batches(floor_from, batch_size), f"floor ({len(floor_from)} real)"), True
-        )
+        self.comparisons = [Comparison(metric) for metric in metrics]
+        for x, _ in progress(batches(ref, batch_size), f"reference ({len(ref)} real)"):
+            self.add(self.comparisons, x, real=True)
+        for x, y in progress(batches(floor_from, batch_size), f"floor ({len(floor_from)} real)"):
+            self.add(self.comparisons, x, y)
+        for comparison in self.comparisons:
+            comparison.score_floor()
         labels = [y for _, y in batches(Subset(ref, range(min(num_samples, len(ref)))), batch_size)]
         self.labels = None if not labels or labels[0] is None else torch.cat(labels)
 
-    def _accumulate(self, stream: Batches, with_labels: bool) -> list[FeatureStats]:
-        stats = [FeatureStats(metric.kid_max_samples) for metric in self.metrics]
-        for x, y in stream:
-            self.add(stats, x, y if with_labels else None)
-        return stats
+    def new(self) -> list[Comparison]:
+        """The comparisons with their generated set emptied: they hold one generated set at a time."""
+        for comparison in self.comparisons:
+            comparison.reset()
+        return self.comparisons
 
-    def new(self) -> list[FeatureStats]:
-        return [FeatureStats(metric.kid_max_samples) for metric in self.metrics]
-
-    def add(self, stats: list[FeatureStats], x: Tensor, labels: Tensor | None = None) -> None:
+    def add(self, comparisons: list[Comparison], x: Tensor, labels: Tensor | None = None, real: bool = False) -> None:
         images = x.to(self.mean.device).float() * self.std + self.mean  # data space, [0, 1]
-        for metric, each in zip(self.metrics, stats, strict=False):
-            metric.accumulate(images, labels, each)
+        for comparison in comparisons:
+            comparison.add(images, labels, real)
 
-    def scores(self, generated: list[FeatureStats]) -> dict[str, float]:
+    def scores(self, comparisons: list[Comparison]) -> dict[str, float]:
         metrics: dict[str, float] = {"floor_samples": self.floor_samples}
-        for metric, gen, ref, floor in zip(self.metrics, generated, self.reference, self.floor, strict=False):
-            metrics |= {name: float(value) for name, value in metric.scores(gen, ref, floor).items()}
+        for comparison in comparisons:
+            metrics |= {name: float(value) for name, value in comparison.scores().items()}
         return metrics
 
 

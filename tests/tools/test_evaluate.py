@@ -11,7 +11,7 @@ import torch
 import yaml
 from helpers.evaluate_runs import rows_of, run
 
-from lightning_diffusion.metrics.features import FeatureStats, frechet_distance_of
+from lightning_diffusion.metrics.features import Comparison, SampleMetrics, frechet_distance
 from lightning_diffusion.tools import evaluate
 
 COLUMNS_2D = [
@@ -184,19 +184,27 @@ def test_bad_input_is_one_sentence_before_any_work(trained_moons, tmp_path, caps
     assert not (tmp_path / "evals").exists()  # no eval folder for a grid that never ran a cell
 
 
+class GivenFeatures(SampleMetrics):
+    """A metric whose 'images' are already features (N, D)."""
+
+    def _features(self, images):
+        return images, None
+
+
 def test_features_streamed_in_batches_equal_the_whole_set():
+    """As the image scorer streams them: the real set once, then generated sets one at a time, reset in between."""
     torch.manual_seed(0)
-    features = torch.randn(300, 6, dtype=torch.float64)
-    whole, batched = FeatureStats(), FeatureStats(kid_max_samples=100)
-    whole.add(features)
-    for chunk in features.split(64):
-        batched.add(chunk)
-    other = FeatureStats()
-    other.add(torch.randn(200, 6, dtype=torch.float64) + 0.5)
-    assert frechet_distance_of(batched, other).item() == pytest.approx(
-        frechet_distance_of(whole, other).item(), rel=1e-9
-    )
-    assert sum(len(f) for f in batched.kid_features) == 100  # KID keeps at most kid_max_samples features per set
+    real, generated = torch.randn(300, 6, dtype=torch.float64), torch.randn(200, 6, dtype=torch.float64) + 0.5
+    whole, batched = Comparison(GivenFeatures(batch_size=300)), Comparison(GivenFeatures(64, kid_max_samples=100))
+    for comparison in (whole, batched):
+        comparison.add(real, real=True)
+        comparison.add(torch.randn(50, 6, dtype=torch.float64))  # a generated set before: dropped by reset
+        comparison.reset()
+        comparison.add(generated)
+    assert batched.scores()["fd"].item() == pytest.approx(whole.scores()["fd"].item(), rel=1e-9)
+    assert batched.scores()["fd"].item() == pytest.approx(frechet_distance(real, generated).item(), rel=1e-9)
+    # KID keeps at most kid_max_samples features per set
+    assert [sum(len(f) for f in kept) for kept in batched.kept.values()] == [100, 100]
 
 
 def test_wandb_gets_the_table_and_the_plots(trained_moons, tmp_path, monkeypatch):
