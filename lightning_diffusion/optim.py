@@ -82,6 +82,9 @@ def configure_optimizers(module: L.LightningModule) -> Any:
 # (gamma + 1) s^gamma / t^(gamma + 1) (their eq. 121); its width relative to t is sigma_rel (eq. 123).
 
 
+MAX_SIGMA_REL = 0.28  # below gamma_to_sigma_rel(0) = 0.2887: the profiles need gamma > 0
+
+
 def gamma_to_sigma_rel(gamma: float) -> float:
     """sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))) (eq. 123)."""
     return float(np.sqrt((gamma + 1) / (gamma + 2) ** 2 / (gamma + 3)))

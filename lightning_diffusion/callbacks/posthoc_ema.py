@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_diffusion.optim import power_ema_beta, sigma_rel_to_gamma
+from lightning_diffusion.optim import MAX_SIGMA_REL, power_ema_beta, sigma_rel_to_gamma
 from lightning_diffusion.runs import posthoc_ema_snapshot, posthoc_ema_snapshots, run_dir, write_atomically
 
 
@@ -33,7 +33,7 @@ class PostHocEMA(Callback):
 
     def __init__(self, sigma_rels: list[float] | None = None, snapshot_every_n_steps: int = 500) -> None:
         self.sigma_rels = [float(s) for s in (sigma_rels or [0.05, 0.10])]
-        if not all(0 < s < 0.28 for s in self.sigma_rels) or len(set(self.sigma_rels)) < len(self.sigma_rels):
+        if not all(0 < s < MAX_SIGMA_REL for s in self.sigma_rels) or len(set(self.sigma_rels)) < len(self.sigma_rels):
             raise ValueError(
                 f"PostHocEMA needs distinct sigma_rels between 0 and 0.28 (gamma > 0), got {self.sigma_rels}: "
                 "EDM2 uses [0.05, 0.10]."

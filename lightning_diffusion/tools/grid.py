@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lightning_diffusion.checkpoints import read_checkpoint
 from lightning_diffusion.metrics.validation import sample_batches
+from lightning_diffusion.optim import MAX_SIGMA_REL
 from lightning_diffusion.tools.posthoc_ema import reconstruct, snapshots_up_to
 from lightning_diffusion.tools.report import is_floor
 from lightning_diffusion.tools.scoring import SampleArrays, Scorers, build_data, run_config, run_folder
@@ -87,7 +88,7 @@ def check_ema_lengths(run: Path, step: int, cells: list[Cell]) -> None:
     """One sentence before the long work if an EMA length of the cells is out of range or the run lacks its
     snapshots (a run trained without callbacks.PostHocEMA)."""
     for sigma_rel in sorted({c.ema for c in cells if c.ema is not None}):
-        if not 0 < sigma_rel < 0.28:
+        if not 0 < sigma_rel < MAX_SIGMA_REL:
             raise ValueError(f"--ema_lengths {sigma_rel}: a sigma_rel lies between 0 and 0.28 (EDM2: 0.05-0.15).")
         snapshots_up_to(run, step)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named, read_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
-from lightning_diffusion.optim import posthoc_ema_coefficients, sigma_rel_to_gamma
+from lightning_diffusion.optim import MAX_SIGMA_REL, posthoc_ema_coefficients, sigma_rel_to_gamma
 from lightning_diffusion.runs import POSTHOC_EMA, free_path, posthoc_ema_snapshots, write_atomically
 
 COMMAND = f"{PROGRAM} posthoc-ema"
@@ -45,7 +45,7 @@ def reconstruct(run: str | Path, sigma_rel: float, step: int | None = None) -> t
     """The denoiser weights of the power-function EMA of `sigma_rel` at `step` (None: the newest snapshot's), its
     step, and a record of how it was made (the snapshots' steps and sigma_rels and their coefficients). The
     snapshots are read one at a time: memory holds two copies of the weights, whatever their number."""
-    if not 0 < sigma_rel < 0.28:
+    if not 0 < sigma_rel < MAX_SIGMA_REL:
         raise ValueError(f"sigma_rel must lie between 0 and 0.28 (gamma > 0), got {sigma_rel}: EDM2 uses 0.05-0.15.")
     snapshots = snapshots_up_to(run, step)
     first = torch.load(next(iter(snapshots.values())), map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from helpers.checkpoints import load
 from lightning.pytorch.callbacks import Callback
 
 import lightning_diffusion.callbacks as callbacks
@@ -33,10 +34,6 @@ class SigtermAtSecondValidation(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and not trainer.sanity_checking and trainer.current_epoch == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def profiles_of(checkpoint: dict) -> dict:
