@@ -1,4 +1,5 @@
-"""The one checkpoint reader: what a .ckpt holds, checked in one sentence before anything is built from it."""
+"""The one checkpoint reader: what a .ckpt holds, checked in one sentence before anything is built from it; and
+the one writer, `AtomicCheckpointIO`, through which every checkpoint appears whole or not at all."""
 
 from __future__ import annotations
 
@@ -9,14 +10,30 @@ from typing import Any
 
 import lightning as L
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_diffusion.runs import checkpoints_in, resumable_checkpoints
+from lightning_diffusion.runs import checkpoints_in, resumable_checkpoints, save_atomically
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot serve the command: the message is the one sentence the user sees."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO`, with a local checkpoint written under a temporary name in its destination
+    folder, flushed, fsynced and renamed into place (`runs.save_atomically`), so that a full disk, a crash or a kill
+    during the write leaves the previous file (or none) under the final name, never a partial one. Lightning's own
+    writer stages a local file in the system's temporary folder and moves it, a copy that can stop halfway when that
+    folder is on another filesystem. Remote paths (s3://, gs://, ...) keep fsspec's transactional upload."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_atomically(Path(path), checkpoint)
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (Lightning always does)

@@ -12,10 +12,11 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_diffusion.callbacks import CheckpointOnSignal, ExactResume, LossProgressBar, MetricsWriter, SampleWriter
-from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint
+from lightning_diffusion.checkpoints import AtomicCheckpointIO, check_checkpoint, last_checkpoint
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.data.checks import refuse_empty_data
 from lightning_diffusion.errors import import_class, one_line_errors
@@ -165,8 +166,12 @@ class DiffusionCLI(LightningCLI):
         if config.default_callbacks:
             defaults = self._default_callbacks(config.trainer.get("enable_progress_bar") is not False)
             callbacks += [callback for callback in defaults if not _has_kind(callbacks, callback)]
+        plugins = config.trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())  # every checkpoint written whole or not at all
         try:
-            return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+            return super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=plugins)
         except (TypeError, ImportError) as error:  # Lightning's answer to a wrong option or a missing backend
             raise ValueError(f"The Trainer refused its options: {' '.join(str(error).split())}") from error
 

@@ -12,6 +12,7 @@ and keeps its traceback; LIGHTNING_DIFFUSION_DEBUG=1 lets every error through wi
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import inspect
 import os
@@ -111,7 +112,7 @@ def sentence(error: BaseException, args: Sequence[str] | None = None, command: s
             f"out of GPU memory ({_first_line(error)}): lower data.batch_size (or model.sample_batch_size), "
             "or train in bf16-mixed precision."
         )
-    if isinstance(error, OSError) and error.strerror and error.filename:  # from the OS, not one of our sentences
+    if isinstance(error, OSError) and error.strerror and (error.filename or error.errno == errno.ENOSPC):  # the OS's
         return os_sentence(error)
     return _one_line(str(error)) or type(error).__name__
 
@@ -147,9 +148,13 @@ _OS_HINTS = {
 def os_sentence(error: OSError) -> str:
     hint = next((text for kind, text in _OS_HINTS.items() if isinstance(error, kind)), None)
     if hint is None:
-        hint = "free disk space or choose another --output_dir" if error.errno == 28 else "check the path and the disk"
+        hint = (
+            "free disk space or choose another --output_dir"
+            if error.errno == errno.ENOSPC
+            else "check the path and the disk"
+        )
     paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p)
-    return f"{paths}: {error.strerror.lower()}: {hint}."
+    return f"{paths + ': ' if paths else ''}{error.strerror.lower()}: {hint}."
 
 
 def config_files(args: Sequence[str] | None) -> list[str]:

@@ -4,11 +4,14 @@
 
 Lightning's CSVLogger numbers the version folders; this module names the experiment, finds the run folder of a
 trainer and the checkpoints a path names, numbers the folders of the tools (eval_N, compare_N) the same way, and
-writes every file whole (`write_atomically`) without overwriting another (`free_path`).
+writes every file whole (`write_atomically`, `save_atomically`, `write_folder_atomically`) without overwriting
+another (`free_path`).
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import shutil
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 
@@ -55,8 +59,9 @@ def remove_if_unused(folder: Path, root: Path | None = None) -> None:
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], Any] | str) -> Path:
     """Writes `path` (its folder made) through `write(file)`, or the text `write`, under a temporary name in the
-    same folder, synced to disk and then moved into place: an interrupted or failed write leaves no file behind,
-    neither a partial one nor the temporary."""
+    same folder (so the move is a rename, never a copy across filesystems), synced to disk and then moved into
+    place: a failed or interrupted write leaves the previous file untouched and no temporary behind. An OS error
+    names `path` (a full disk's failed write names no file of its own)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial{os.getpid()}")
@@ -69,9 +74,48 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], Any] | str) -> Path
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except OSError as error:
+        if error.strerror and error.filename in (None, str(partial)):
+            error.filename = str(path)
+        raise
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def save_atomically(path: Path, obj: Any) -> Path:
+    """`torch.save(obj)` into `path` through `write_atomically`: the file is the whole archive or the previous one.
+    The archive is built in memory first (as Lightning does): torch's zip writer turns a failed write of a file
+    into an unnamed RuntimeError, and a full disk must be said as one."""
+    archive = io.BytesIO()
+    torch.save(obj, archive)
+    return write_atomically(path, lambda file: file.write(archive.getbuffer()))
+
+
+def write_folder_atomically(folder: Path, write: Callable[[Path], Any]) -> Path:
+    """Makes `folder` through `write(partial)`, which fills a temporary folder beside it; its files are synced to
+    disk and the folder renamed into place (onto nothing or an empty folder): `folder` appears whole or not at all.
+    FileExistsError if `folder` holds something (another process made it first)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(f".{folder.name}.partial{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir()
+        write(partial)
+        for file in partial.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as opened:
+                    os.fsync(opened.fileno())
+        try:
+            os.replace(partial, folder)
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise FileExistsError(f"{folder} already exists: choose another folder.") from error
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:

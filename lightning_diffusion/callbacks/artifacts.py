@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import save_image
 
-from lightning_diffusion.runs import free_path, run_dir, save_figure
+from lightning_diffusion.runs import free_path, run_dir, save_figure, write_atomically
 
 
 def log_png(trainer: L.Trainer, key: str, path: Path) -> None:
@@ -36,8 +36,7 @@ def log_figure(trainer: L.Trainer, key: str, fig: Figure, filename: str) -> Path
 def log_grid(trainer: L.Trainer, key: str, grid: Tensor, filename: str) -> Path:
     """Save an image grid (C, H, W) in [0, 1] pixel-exact as run_dir/samples/<filename>, and send it to the loggers."""
     path = free_path(run_dir(trainer) / "samples" / filename)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    write_atomically(path, lambda file: save_image(grid, file, format="png"))
     log_png(trainer, key, path)
     return path
 

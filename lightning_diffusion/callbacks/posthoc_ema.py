@@ -12,7 +12,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_diffusion.optim import MAX_SIGMA_REL, power_ema_beta, sigma_rel_to_gamma
-from lightning_diffusion.runs import posthoc_ema_snapshot, posthoc_ema_snapshots, run_dir, write_atomically
+from lightning_diffusion.runs import (
+    posthoc_ema_snapshot,
+    posthoc_ema_snapshots,
+    run_dir,
+    save_atomically,
+    write_atomically,
+)
 
 
 class PostHocEMA(Callback):
@@ -101,7 +107,7 @@ class PostHocEMA(Callback):
             "gammas": self.gammas,
             "profiles": [{**buffers, **{k: v.cpu() for k, v in p.items()}} for p in self.profiles],
         }
-        write_atomically(posthoc_ema_snapshot(run_dir(trainer), self.step), lambda file: torch.save(snapshot, file))
+        save_atomically(posthoc_ema_snapshot(run_dir(trainer), self.step), snapshot)
 
     def state_dict(self) -> dict[str, Any]:
         profiles = [{name: value.cpu() for name, value in profile.items()} for profile in self.profiles]

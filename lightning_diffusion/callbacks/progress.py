@@ -46,3 +46,11 @@ class LossProgressBar(TQDMProgressBar):
         if loss is not None:
             metrics["train/loss"] = f"{loss:.4g}"
         return metrics
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Ends the line a bar was drawn on, so that the error's one line starts a line of its own."""
+        bars = (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar, self._predict_progress_bar)
+        streams = {id(bar.fp): bar.fp for bar in bars if bar is not None and not bar.disable}
+        for stream in streams.values():
+            stream.write("\n")
+            stream.flush()

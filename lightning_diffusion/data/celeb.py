@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lightning_diffusion.data.base import ImageDataModule
+from lightning_diffusion.runs import write_atomically
 
 _GENDERS = {1: 0, 2: 1}  # the dataset's gender codes (0 unknown, 1 female, 2 male, 3 non-binary) -> class labels
 _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
@@ -228,11 +230,9 @@ class CelebFacesDataModule(ImageDataModule):
                 f"(the first: {cause}): its image column must hold JPEG or PNG files (bytes or paths)."
             )
 
-        os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-        temporary = f"{self.cache_path}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as file:  # a file object: np.savez would append .npz to a name
-            np.savez(file, images=images[:count], labels=labels[:count])
-        os.replace(temporary, self.cache_path)  # atomic: an interrupted run leaves no half-written cache
+        # a file object (np.savez would append .npz to a name), written whole: no half-written cache
+        arrays = {"images": images[:count], "labels": labels[:count]}
+        write_atomically(Path(self.cache_path), lambda file: np.savez(file, **arrays))
         rank_zero_info(
             f"CelebFaces: kept {count} of {len(genders)} rows (genders 1 and 2), skipped "
             f"{len(kept) - count} undecodable images; cached in {self.cache_path}"

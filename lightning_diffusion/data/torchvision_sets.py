@@ -8,6 +8,7 @@ import pickle
 import shutil
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torchvision.datasets import cifar
 
 from lightning_diffusion.data.base import ImageDataModule
 from lightning_diffusion.data.torchvision_files import CLASS_NAMES, SOURCES, ImageDatasetName, idx_dims
+from lightning_diffusion.runs import write_atomically
 
 
 class _TransformedSubset(Dataset):
@@ -171,16 +173,12 @@ class TorchvisionDataModule(ImageDataModule):
         # torchvision reads the IDX files uncompressed and extracts only .gz files it has checksummed: extract any.
         for file in self._missing_files():
             if os.path.isfile(path := os.path.join(self.folder, file + ".gz")):
-                target = os.path.join(self.folder, file)
-                partial = f"{target}.{os.getpid()}.partial"  # a failed extraction leaves no file a rerun would trust
+                target = Path(self.folder) / file  # a failed extraction leaves no file a rerun would trust
                 try:
-                    with gzip.open(path, "rb") as packed, open(partial, "wb") as unpacked:
-                        shutil.copyfileobj(packed, unpacked)
-                except (OSError, EOFError, zlib.error) as error:
-                    if os.path.exists(partial):
-                        os.remove(partial)
+                    with gzip.open(path, "rb") as packed:
+                        write_atomically(target, lambda unpacked, packed=packed: shutil.copyfileobj(packed, unpacked))
+                except (EOFError, zlib.error, gzip.BadGzipFile) as error:
                     raise ValueError(f"{path} is not a readable gzip file ({error}): {self._fix()}.") from error
-                os.replace(partial, target)
         if not self._missing_files():
             return
         if not self.download:

@@ -8,7 +8,6 @@ anything). Configured as `sample_metrics` of DiffusionModule (see configs/metric
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -204,16 +203,13 @@ class InceptionMetrics(SampleMetrics):
         if self.weights_path.is_file():
             return
         self.weights_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.weights_path.with_suffix(f".partial{os.getpid()}")  # one per process: ranks may race
-        try:
-            torch.hub.download_url_to_file(INCEPTION_URL, str(partial), progress=False)
+        try:  # torch.hub downloads to a temporary file of its own beside the target, then renames it
+            torch.hub.download_url_to_file(INCEPTION_URL, str(self.weights_path), progress=False)
         except Exception as error:  # noqa: BLE001 - any network failure gets the same advice
-            partial.unlink(missing_ok=True)
             raise ValueError(
                 f"The Inception weights are not at {self.weights_path} and downloading them failed ({error}): "
                 f"fetch {INCEPTION_URL} on a machine with internet and put the file at {self.weights_path}."
             ) from error
-        os.replace(partial, self.weights_path)
 
     def setup(self, device: torch.device) -> None:
         if self._inception is None:

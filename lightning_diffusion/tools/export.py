@@ -12,8 +12,6 @@ schedulers), plus `lightning_diffusion.json` with the formulation, the classes a
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from diffusers import DDPMPipeline
@@ -23,7 +21,7 @@ from lightning_diffusion.checkpoints import check_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.formulations import VP
 from lightning_diffusion.model.module import DiffusionModule
-from lightning_diffusion.runs import write_atomically
+from lightning_diffusion.runs import write_atomically, write_folder_atomically
 
 COMMAND = f"{PROGRAM} export"
 
@@ -56,8 +54,8 @@ def export(checkpoint: str | Path, folder: str | Path) -> Path:
         )
     scheduler = model.formulation.diffusers_scheduler()
     vp = isinstance(model.formulation, VP)
-    partial = folder.with_name(f".{folder.name}.partial{os.getpid()}")
-    try:
+
+    def write(partial: Path) -> None:
         if model.num_classes is None and vp:
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(partial)
         else:
@@ -74,9 +72,8 @@ def export(checkpoint: str | Path, folder: str | Path) -> Path:
             "data_std": model.data_std.flatten().tolist(),
         }
         write_atomically(partial / "lightning_diffusion.json", json.dumps(info, indent=2))
-        os.replace(partial, folder)  # onto nothing or an empty folder
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+
+    write_folder_atomically(folder, write)
     return folder
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named, read_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.optim import MAX_SIGMA_REL, posthoc_ema_coefficients, sigma_rel_to_gamma
-from lightning_diffusion.runs import POSTHOC_EMA, free_path, posthoc_ema_snapshots, write_atomically
+from lightning_diffusion.runs import POSTHOC_EMA, free_path, posthoc_ema_snapshots, save_atomically
 
 COMMAND = f"{PROGRAM} posthoc-ema"
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state", "averaging_state")
@@ -89,7 +89,7 @@ def write_checkpoint(run: str | Path, sigma_rel: float, step: int | None = None)
     checkpoint["state_dict"] = {**state, **{f"denoiser.{name}": value for name, value in weights.items()}}
     checkpoint["global_step"], checkpoint["posthoc_ema"] = step, record
     path = free_path(Path(run) / POSTHOC_EMA / f"sigma_rel={sigma_rel:.3f}-step={step:07d}.ckpt")
-    return write_atomically(path, lambda file: torch.save(checkpoint, file))
+    return save_atomically(path, checkpoint)
 
 
 def posthoc_ema(run: str, sigma_rels: list[float], step: int | None = None) -> list[Path]:
