@@ -13,7 +13,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_diffusion.runs import checkpoints_in, resumable_checkpoints, save_atomically
@@ -34,6 +34,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         save_atomically(Path(path), checkpoint)
+
+
+def with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    """The Trainer's `plugins` (None, one or a list) with an AtomicCheckpointIO, unless they hold a CheckpointIO."""
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, AtomicCheckpointIO()]
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (Lightning always does)

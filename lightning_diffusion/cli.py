@@ -10,16 +10,24 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from jsonargparse import Namespace
+from jsonargparse.typing import PositiveFloat
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_diffusion.callbacks import CheckpointOnSignal, ExactResume, LossProgressBar, MetricsWriter, SampleWriter
-from lightning_diffusion.checkpoints import AtomicCheckpointIO, check_checkpoint, last_checkpoint
+from lightning_diffusion.callbacks import (
+    CheckpointOnSignal,
+    ExactResume,
+    LossProgressBar,
+    LostRank,
+    MetricsWriter,
+    SampleWriter,
+)
+from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint, with_atomic_checkpoint_io
 from lightning_diffusion.data.base import DiffusionDataModule
 from lightning_diffusion.data.checks import refuse_empty_data
 from lightning_diffusion.errors import import_class, one_line_errors
+from lightning_diffusion.lightning_private import set_collective_timeout
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.model.module import DiffusionModule
 from lightning_diffusion.runs import experiment_name, remove_if_unused, run_dir
@@ -83,6 +91,13 @@ class DiffusionCLI(LightningCLI):
             help="Add the callbacks every run has (ExactResume, CheckpointOnSignal, MetricsWriter, SampleWriter for "
             "diffusion models, a ModelCheckpoint of the latest epoch with last.ckpt) unless trainer.callbacks "
             "already has one of that kind; false adds none.",
+        )
+        parser.add_argument(
+            "--collective_timeout",
+            type=PositiveFloat,
+            default=1800.0,
+            help="Seconds a rank waits in a collective (DDP) before the run ends in one line naming the timeout; "
+            "torch's default, long enough for rank 0 to download a data set while the others wait.",
         )
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
         # What the model must agree with comes from the data, never typed twice; the model passes the shape and
@@ -164,20 +179,19 @@ class DiffusionCLI(LightningCLI):
             )
         callbacks = [*(config.trainer.get("callbacks") or []), _AfterDataSetup(self._name_wandb_runs)]
         if config.default_callbacks:
-            defaults = self._default_callbacks(config.trainer.get("enable_progress_bar") is not False)
+            defaults = self._default_callbacks(config.trainer.get("enable_progress_bar") is not False, config)
             callbacks += [callback for callback in defaults if not _has_kind(callbacks, callback)]
-        plugins = config.trainer.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            plugins.append(AtomicCheckpointIO())  # every checkpoint written whole or not at all
+        plugins = with_atomic_checkpoint_io(config.trainer.get("plugins"))  # every checkpoint whole or not at all
         try:
-            return super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=plugins)
+            trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=plugins)
         except (TypeError, ImportError) as error:  # Lightning's answer to a wrong option or a missing backend
             raise ValueError(f"The Trainer refused its options: {' '.join(str(error).split())}") from error
+        set_collective_timeout(trainer, config.collective_timeout)
+        return trainer
 
-    def _default_callbacks(self, progress_bar: bool) -> list[L.Callback]:
+    def _default_callbacks(self, progress_bar: bool, config: Namespace) -> list[L.Callback]:
         latest = ModelCheckpoint(save_last="link", save_on_train_epoch_end=True)  # every epoch; last.ckpt links to it
-        callbacks = [ExactResume(), CheckpointOnSignal(), MetricsWriter(), latest]
+        callbacks = [ExactResume(), CheckpointOnSignal(), MetricsWriter(), latest, LostRank(config.collective_timeout)]
         callbacks += [LossProgressBar()] if progress_bar else []  # the loss without a host sync per step
         return [*callbacks, SampleWriter()] if isinstance(self.model, DiffusionModule) else callbacks
 

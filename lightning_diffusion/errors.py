@@ -4,9 +4,10 @@
 constructor, by jsonargparse, by a DataModule's `prepare_data`/`setup`, by the model's `setup` or by a training
 step is said the same way. Expected are bad input (ValueError and its CheckpointError, argument and YAML errors,
 Lightning's MisconfigurationException, missing files: exit 2) and failures of a run that the user can act on (a
-non-finite loss, a path that cannot be written, out of GPU memory: exit 1). A stop signal exits 128 + the signal,
-as a shell reports a process ended by it: 143 after SIGTERM (or SIGUSR1), 130 after Ctrl-C. Anything else is a bug
-and keeps its traceback; LIGHTNING_DIFFUSION_DEBUG=1 lets every error through with its traceback.
+non-finite loss, a path that cannot be written or a full disk, out of GPU memory, a lost rank or a collective
+timeout that callbacks.LostRank has said: exit 1). A stop signal exits 128 + the signal, as a shell reports a
+process ended by it: 143 after SIGTERM (or SIGUSR1), 130 after Ctrl-C. Anything else is a bug and keeps its
+traceback; LIGHTNING_DIFFUSION_DEBUG=1 lets every error through with its traceback.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ def one_line_errors(args: Sequence[str] | None = None, command: str | None = Non
             _say(interrupted_sentence(error.__context__))
             raise SystemExit(INTERRUPTED) from error
         raise
-    except (*_INPUT, *_RUN) as error:
-        if debugging():
-            raise
-        _say(sentence(error, args, command))
-        raise SystemExit(INPUT_ERROR if isinstance(error, _INPUT) else RUN_ERROR) from error
+    except Exception as error:
+        said = getattr(error, "one_line", None)  # a fault a callback has said (callbacks.LostRank)
+        if debugging() or not (said or isinstance(error, (*_INPUT, *_RUN))):
+            raise  # a bug: its traceback
+        _say(said or sentence(error, args, command))
+        raise SystemExit(INPUT_ERROR if isinstance(error, _INPUT) and not said else RUN_ERROR) from error
 
 
 def _say(text: str) -> None:

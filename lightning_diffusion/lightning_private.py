@@ -6,8 +6,13 @@ Lightning upgrade that moves one of these fails there, naming it, rather than de
 
 from __future__ import annotations
 
+import subprocess
+from datetime import timedelta
+
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 
 def stop_all_ranks(trainer: L.Trainer) -> None:
@@ -22,11 +27,26 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     return module._trainer
 
 
+def child_processes(trainer: L.Trainer) -> list[subprocess.Popen]:
+    """The processes of the ranks that this process launched (Lightning's subprocess launcher: ranks 1, 2, ... of this
+    node, on local rank 0), or []."""
+    return list(getattr(trainer.strategy.launcher, "procs", None) or [])
+
+
+def set_collective_timeout(trainer: L.Trainer, seconds: float) -> None:
+    """The process group's timeout for every collective (DDP and the strategies built on it take `timeout` in their
+    constructors only); set before the fit sets the process group up."""
+    if hasattr(trainer.strategy, "_timeout"):
+        trainer.strategy._timeout = timedelta(seconds=seconds)
+
+
 # LightningCLI._parse_ckpt_path is overridden by cli.DiffusionCLI (the command line keeps the call options).
 _USED = {  # name -> whether a bare Trainer and the classes still have it
     "Trainer._signal_connector.received_sigterm": lambda t: hasattr(t._signal_connector, "received_sigterm"),
     "LightningModule._trainer": lambda t: hasattr(L.LightningModule(), "_trainer"),
     "LightningCLI._parse_ckpt_path": lambda t: callable(getattr(LightningCLI, "_parse_ckpt_path", None)),
+    "DDPStrategy._timeout": lambda t: hasattr(DDPStrategy(), "_timeout"),
+    "_SubprocessScriptLauncher.procs": lambda t: hasattr(_SubprocessScriptLauncher(None, 2, 1), "procs"),
 }
 
 

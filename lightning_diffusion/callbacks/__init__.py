@@ -1,6 +1,7 @@
 """Callbacks decide when to draw, write and save; the drawing is in plotting.py and the math in formulations/."""
 
 from lightning_diffusion.callbacks.ema import EMA
+from lightning_diffusion.callbacks.lost_rank import LostRank
 from lightning_diffusion.callbacks.posthoc_ema import PostHocEMA
 from lightning_diffusion.callbacks.progress import LossProgressBar
 from lightning_diffusion.callbacks.resume import ExactResume
@@ -15,6 +16,7 @@ __all__ = [
     "EMA",
     "ExactResume",
     "LossProgressBar",
+    "LostRank",
     "MetricsWriter",
     "PostHocEMA",
     "SampleGrid",
