@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -144,6 +145,18 @@ def free_path(path: Path) -> Path:
     """`path`, or if it exists `<stem>-N<suffix>` numbered by `next_numbered` from 1: nothing is overwritten."""
     path = Path(path)
     return next_numbered(path.parent, f"{path.stem}-{{}}{path.suffix}", first=1) if path.exists() else path
+
+
+FIT_RECORD = "metrics_fit.json"  # callbacks.MetricsWriter: {"finished": false} from a fit's start until its end
+
+
+def fit_finished(run: str | Path) -> bool | None:
+    """Whether the fit of a run folder finished (its metrics_fit.json); None for a run that has none (a run of an
+    older version, or not a fit)."""
+    try:
+        return bool(json.loads((Path(run) / FIT_RECORD).read_text())["finished"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 POSTHOC_EMA = "posthoc_ema"  # the run folder's callbacks.PostHocEMA snapshots and their reconstructions

@@ -1,5 +1,5 @@
 """What `predict`, `validate` and `test` leave in the run folder: samples.npz (and PNG grids of images) and
-metrics_<stage>.json."""
+metrics_<stage>.json; and metrics_fit.json, which says whether the fit finished."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
+from lightning_diffusion.checkpoints import newest_saved_checkpoint
 from lightning_diffusion.plotting import image_grid
-from lightning_diffusion.runs import free_path, run_dir, write_atomically
+from lightning_diffusion.runs import FIT_RECORD, free_path, run_dir, write_atomically
 
 
 def sampling_record(module: L.LightningModule) -> dict[str, np.ndarray]:
@@ -107,6 +108,27 @@ class MetricsWriter(Callback):
         }
         path = write_atomically(free_path(run_dir(trainer) / f"metrics_{stage}.json"), json.dumps(record, indent=2))
         rank_zero_info(f"Wrote {stage} metrics to {path}")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_fit(trainer, finished=False)  # what a killed or stopped run leaves
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_fit(trainer, finished=True)
+
+    def _write_fit(self, trainer: L.Trainer, finished: bool) -> None:
+        """run_dir/metrics_fit.json: whether the fit finished (false from its start until its end: a run killed or
+        stopped by a signal says false), its step and epoch, the newest checkpoint and the last logged metrics."""
+        if not trainer.is_global_zero:
+            return
+        record = {
+            "stage": "fit",
+            "finished": finished,
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "checkpoint": str(newest_saved_checkpoint(trainer) or "") or None,
+            "metrics": {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1},
+        }
+        write_atomically(run_dir(trainer) / FIT_RECORD, json.dumps(record, indent=2))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":

@@ -14,22 +14,20 @@ the curves quality_vs_nfe.png, quality_vs_guidance.png and quality_vs_step.png (
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm import tqdm
 
-from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named, read_checkpoint
+from lightning_diffusion.checkpoints import check_checkpoint, read_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.metrics.features import INCEPTION_PATH
 from lightning_diffusion.model.module import DiffusionModule
-from lightning_diffusion.runs import checkpoints_in, next_numbered, numbered, write_atomically
+from lightning_diffusion.tools.eval_folders import checkpoints_of, claim, eval_folder, warn_unfinished
 from lightning_diffusion.tools.grid import (
     cell_key,
     cell_row,
@@ -53,7 +51,6 @@ from lightning_diffusion.tools.report import (
 from lightning_diffusion.tools.scoring import IMAGE_BATCH, Scorers, run_config, run_folder
 
 COMMAND = f"{PROGRAM} evaluate"
-NOT_IDENTITY = ("config", "progress", "resume", "wandb_project")  # options that do not change a cell's numbers
 
 
 @dataclass
@@ -147,37 +144,8 @@ def grid_axes(options: Options) -> tuple[list | None, list | None, list | None]:
     return options.guidance_intervals, options.guides, options.ema_lengths
 
 
-def identity(options: dict[str, Any]) -> dict[str, Any]:
-    """The options that decide the cells' numbers (an unset one, None, is absent from a saved config.yaml), with
-    tuples as the lists that config.yaml reads back."""
-    return {k: json.loads(json.dumps(v)) for k, v in (options or {}).items() if k not in NOT_IDENTITY and v is not None}
-
-
-def checkpoints_of(run: str, every: bool) -> list[Path]:
-    """The checkpoints that --runs names: with `every`, each of a run folder's; else the one it names."""
-    if every and (Path(run) / "checkpoints").is_dir():
-        found = checkpoints_in(run, every=True)
-    else:
-        found = [checkpoint for checkpoint in [checkpoint_named(run)] if checkpoint is not None]
-    if not found:
-        raise ValueError(
-            f"{run} holds no checkpoint: give a run folder (outputs/<experiment>/version_N), an "
-            "experiment folder or a .ckpt file."
-        )
-    return found
-
-
-def eval_folder(options: Options, first: Path, experiment: str) -> Path:
-    """The newest eval_N of the same options (when resuming), else the next one, made (with config.yaml, the
-    options) when its first row is written: an error before any cell leaves no folder."""
-    named = options.output_dir or options.experiment
-    root = Path(options.output_dir or "outputs") / experiment if named else run_folder(first).parent
-    folders = numbered(root, "eval_{}")
-    for n in sorted(folders, reverse=True) if options.resume else []:
-        saved = folders[n] / "config.yaml"
-        if saved.is_file() and identity(yaml.safe_load(saved.read_text())) == identity(asdict(options)):
-            return folders[n]
-    return next_numbered(root, "eval_{}")
+def cell_of(row: dict[str, Any]) -> tuple:
+    return cell_key(*(row.get(k) for k in ("checkpoint", "step", "sampler", "steps", "guidance", *AXES)))
 
 
 def evaluate(options: Options, command: str = "") -> Path:
@@ -186,6 +154,7 @@ def evaluate(options: Options, command: str = "") -> Path:
         ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
     )
     checkpoints = [c for run in options.runs for c in checkpoints_of(run, options.all_checkpoints)]
+    warn_unfinished(checkpoints)
     kinds = {
         len(check_checkpoint(c, "DiffusionModule", needed_by="evaluate needs").get("sample_shape") or (2,))
         for c in checkpoints
@@ -203,7 +172,7 @@ def evaluate(options: Options, command: str = "") -> Path:
     results = folder / "results.csv"
     columns, rows = read_rows(results)
     axes = [name for name, given in zip(AXES, grid_axes(options), strict=True) if given]
-    done = {cell_key(*(r.get(k) for k in ("checkpoint", "step", "sampler", "steps", "guidance", *AXES))) for r in rows}
+    done = {cell_of(r) for r in rows}
     seeds = [options.seed + k for k in range(options.num_seeds)]
     scorers = Scorers(options, device)
     grid = [options.cells] if options.cells else [options.samplers, options.steps]
@@ -211,18 +180,23 @@ def evaluate(options: Options, command: str = "") -> Path:
     cells_bar = tqdm(total=per_model * len(infos) + len(samples), desc="cells", disable=not options.progress)
 
     def record(row: dict[str, Any], names: list[str]) -> None:
-        nonlocal columns
-        if not folder.exists():
-            write_atomically(folder / "config.yaml", yaml.safe_dump(asdict(options), sort_keys=False))
-        columns = columns or [*CELL_COLUMNS[:7], *axes, *CELL_COLUMNS[7:], *metric_columns(names), "seconds"]
+        nonlocal columns, folder, results
+        if not folder.is_dir():  # the first row: the folder is made, or shared with an evaluation of these options
+            folder = claim(folder, options)
+            results = folder / "results.csv"
+        columns = (
+            read_rows(results)[0]
+            or columns
+            or [*CELL_COLUMNS[:7], *axes, *CELL_COLUMNS[7:], *metric_columns(names), "seconds"]
+        )
         row = {k: v for k, v in row.items() if k not in AXES or k in axes}
         if set(row) - set(columns):
             raise ValueError(
                 f"{row['run']} gives metrics ({', '.join(sorted(set(row) - set(columns)))}) that "
                 f"{results} has no column for: evaluate conditional and unconditional runs apart."
             )
-        append_row(results, columns, row)
-        rows.append(row)
+        if append_row(results, columns, row, same=lambda other: cell_of(other) == cell_of(row)):
+            rows.append(row)  # else another evaluation of this grid scored the cell first
         cells_bar.update(1)
 
     try:

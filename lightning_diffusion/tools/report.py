@@ -5,10 +5,11 @@ optionally the table and curves to W&B."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,25 @@ def metric_columns(names: Sequence[str]) -> list[str]:
     return [column for name in names for column in ([name] if is_floor(name) else [name, f"{name}_std"])]
 
 
-def append_row(path: Path, columns: list[str], row: Row) -> None:
-    """Appends one cell's row to results.csv (with the header if the file is new) and syncs it to disk."""
-    new = not path.exists()
-    with open(path, "a", newline="") as file:
+def append_row(path: Path, columns: list[str], row: Row, same: Callable[[Row], bool] | None = None) -> bool:
+    """Appends one cell's row to results.csv (with the header if the file is new) and syncs it to disk, under an
+    exclusive lock: evaluations writing one grid at once neither interleave rows nor write the header twice, and a
+    row that `same` finds among the rows already there is not added again. Returns whether the row was added."""
+    with open(path, "a+", newline="") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes
+        file.seek(0)
+        reader = csv.DictReader(file)
+        if same is not None and any(same({k: _value(v) for k, v in other.items()}) for other in reader):
+            return False
+        columns = reader.fieldnames or columns  # the header another evaluation of the grid wrote first
+        file.seek(0, os.SEEK_END)
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="raise")
-        if new:
+        if not file.tell():
             writer.writeheader()
         writer.writerow({column: "" if row.get(column) is None else row[column] for column in columns})
         file.flush()
         os.fsync(file.fileno())
+    return True
 
 
 def _value(text: str) -> Any:

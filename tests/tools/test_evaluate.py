@@ -12,7 +12,7 @@ import yaml
 from helpers.evaluate_runs import rows_of, run
 
 from lightning_diffusion.metrics.features import Comparison, SampleMetrics, frechet_distance
-from lightning_diffusion.tools import evaluate
+from lightning_diffusion.tools import eval_folders, evaluate
 
 COLUMNS_2D = [
     "checkpoint",
@@ -159,9 +159,9 @@ def test_the_options_file_and_a_saved_config_name_the_same_grid(tmp_path):
     for n, changes in enumerate(({"num_seeds": 3}, {"progress": False, "wandb_project": "p"}, {"steps": [5]})):
         (root / f"eval_{n}").mkdir(parents=True)
         (root / f"eval_{n}" / "config.yaml").write_text(yaml.safe_dump({**saved, **changes}))
-    assert evaluate.eval_folder(options, tmp_path, "moons") == root / "eval_1"  # progress and W&B change no number
+    assert eval_folders.eval_folder(options, tmp_path, "moons") == root / "eval_1"  # progress and W&B change no number
     options.resume = False
-    assert evaluate.eval_folder(options, tmp_path, "moons") == root / "eval_3"
+    assert eval_folders.eval_folder(options, tmp_path, "moons") == root / "eval_3"
 
 
 def test_bad_input_is_one_sentence_before_any_work(trained_moons, tmp_path, capsys):
