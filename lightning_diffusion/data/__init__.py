@@ -2,6 +2,7 @@
 
 from lightning_diffusion.data.base import DiffusionDataModule, ImageDataModule, SampleRequests
 from lightning_diffusion.data.celeb import CelebFacesDataModule
+from lightning_diffusion.data.folder import ImageFolderDataModule
 from lightning_diffusion.data.torchvision_sets import MNISTDataModule, TorchvisionDataModule
 from lightning_diffusion.data.toy2d import Toy2DDataModule, make_toy2d
 
@@ -9,6 +10,7 @@ __all__ = [
     "CelebFacesDataModule",
     "DiffusionDataModule",
     "ImageDataModule",
+    "ImageFolderDataModule",
     "MNISTDataModule",
     "SampleRequests",
     "Toy2DDataModule",
