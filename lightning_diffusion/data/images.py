@@ -32,6 +32,8 @@ def square(image: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
+    if image.mode not in ("RGB", "L"):  # CMYK, YCbCr, ...: through RGB, so grayscale is its luma (ITU-R 601-2)
+        image = image.convert("RGB")
     image = image.convert(mode)
     width, height = image.size
     side = min(width, height)
