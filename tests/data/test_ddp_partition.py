@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, cpu_overrides
+from PIL import Image
 
 from lightning_diffusion.data import Toy2DDataModule
 
@@ -87,3 +88,16 @@ def test_mnist_epoch_is_partitioned(tmp_path):
         pixels = ((seen[rank, 0][:, 0, 2, 2:4] + 1) * 127.5).round().long()  # pad_to_32: the image starts at (2, 2)
         ids.append((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
     assert_partitioned(ids, per_rank=(300 - 16) // 2, batch_size=8)
+
+
+def test_image_folder_epoch_is_partitioned(tmp_path):
+    """60 flat grey images, image i of value 4 i (flips keep it); 4 held out."""
+    (tmp_path / "photos").mkdir()
+    for i in range(60):
+        Image.new("RGB", (20, 16), (4 * i,) * 3).save(tmp_path / "photos" / f"{i:02d}.png")
+    config = REPO / "configs" / "folder.yaml"
+    unconditional = ["--model.guidance_scale", "1.0", "--model.label_dropout", "0.0", "--trainer.max_epochs", "1"]
+    folder = ["--data.init_args.root", str(tmp_path / "photos"), "--data.init_args.image_size", "16"]
+    seen = fit_ddp(tmp_path, "folder.yaml", *cpu_overrides(config, tmp_path / "data"), *folder, *unconditional)
+    ids = [((seen[rank, 0][:, 0, 0, 0] + 1) * 127.5 / 4).round().long().tolist() for rank in (0, 1)]
+    assert_partitioned(ids, per_rank=(60 - 4) // 2, batch_size=8)
