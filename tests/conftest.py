@@ -61,7 +61,20 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
     if parsed["data"]["class_path"].endswith("Toy2DDataModule"):  # the config's own sampler, 10 steps, 64 samples
         return ["--model.num_inference_steps", "10", "--model.val_num_samples", "64"]
     classifier = parsed["model"].get("class_path", "").endswith("ImageClassifier")
-    if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
+    if parsed["data"]["class_path"].endswith("HubImageDataModule"):  # the generated tmdb parquet, at 32x32
+        data = [
+            "--data.init_args.dataset",
+            str(celeb_dir),
+            "--data.init_args.root",
+            str(data_root),
+            "--data.init_args.num_val_samples",
+            "8",
+            "--data.init_args.image_size",
+            "32",
+            "--data.init_args.num_proc",
+            "null",
+        ]
+    elif parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
         data = [
             "--data.init_args.dataset",
             str(celeb_dir),
