@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from helpers.fakes import make_dataset, write_cifar10, write_idx, write_parquet  # noqa: E402
+from helpers.fakes import make_dataset, write_cifar10, write_idx, write_image_folder, write_parquet  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if something imported torch before this file
 
@@ -61,7 +61,7 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
     if parsed["data"]["class_path"].endswith("Toy2DDataModule"):  # the config's own sampler, 10 steps, 64 samples
         return ["--model.num_inference_steps", "10", "--model.val_num_samples", "64"]
     classifier = parsed["model"].get("class_path", "").endswith("ImageClassifier")
-    if parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
+    if parsed["data"]["class_path"].endswith("HubImageDataModule"):  # the generated tmdb parquet, at 32x32
         data = [
             "--data.init_args.dataset",
             str(celeb_dir),
@@ -69,6 +69,33 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
             str(data_root),
             "--data.init_args.num_val_samples",
             "8",
+            "--data.init_args.image_size",
+            "32",
+            "--data.init_args.num_proc",
+            "null",
+        ]
+    elif parsed["data"]["class_path"].endswith("CelebFacesDataModule"):
+        data = [
+            "--data.init_args.dataset",
+            str(celeb_dir),
+            "--data.init_args.root",
+            str(data_root),
+            "--data.init_args.num_val_samples",
+            "8",
+        ]
+    elif parsed["data"]["class_path"].endswith("ImageFolderDataModule"):  # the awkward folder, at 32x32
+        folder = data_root / "image_folder"
+        if not folder.is_dir():
+            write_image_folder(folder)
+        data = [
+            "--data.init_args.root",
+            str(folder),
+            "--data.init_args.cache_dir",
+            str(data_root / "processed"),
+            "--data.init_args.num_val_samples",
+            "4",
+            "--data.init_args.image_size",
+            "32",
         ]
     else:
         data = [

@@ -7,20 +7,18 @@ import hashlib
 import io
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from PIL import Image
 
 from lightning_diffusion.data.base import ImageDataModule
-from lightning_diffusion.runs import write_atomically
+from lightning_diffusion.data.images import CachedImages, files_digest, save_cache, square
 
 _GENDERS = {1: 0, 2: 1}  # the dataset's gender codes (0 unknown, 1 female, 2 male, 3 non-binary) -> class labels
-_CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
+_CACHE_VERSION = 2  # bump when the decoding changes, so old caches are not reused
 
 
 def _source_files(folder: str) -> list[str]:
@@ -35,36 +33,12 @@ def _files_digest(folder: str) -> str | None:
     """What the decoded cache is keyed by beside the path: the source files' names, sizes and modification times
     (None when there are none to read), so that files replaced at the same path are decoded anew."""
     files = _source_files(folder)
-    if not files:
-        return None
-    stats = [(os.path.relpath(f, folder), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    return hashlib.sha1(repr(stats).encode()).hexdigest()[:10]
+    return files_digest(folder, files) if files else None
 
 
 def _square(data: dict[str, Any], size: int) -> np.ndarray:
     """An undecoded ``image`` cell ({"bytes", "path"}) -> center-cropped, resized RGB uint8 (size, size, 3)."""
-    image = Image.open(io.BytesIO(data["bytes"]) if data.get("bytes") else data["path"])
-    image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that still covers size x size
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
-    side = min(width, height)
-    box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
-    return np.asarray(image.resize((size, size), Image.Resampling.LANCZOS, box=box), dtype=np.uint8)
-
-
-class _Faces(Dataset):
-    """Rows ``indices`` of the cached uint8 faces, as ``(x,)`` or ``(x, y)`` with x float CHW in [-1, 1]."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, use_labels: bool):
-        self.images, self.labels, self.indices, self.use_labels = images, labels, indices, use_labels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        row = self.indices[i]
-        x = self.images[row].permute(2, 0, 1).float().div(127.5).sub(1.0)
-        return (x, self.labels[row]) if self.use_labels else (x,)
+    return square(Image.open(io.BytesIO(data["bytes"]) if data.get("bytes") else data["path"]), size, 3)
 
 
 class CelebFacesDataModule(ImageDataModule):
@@ -230,9 +204,7 @@ class CelebFacesDataModule(ImageDataModule):
                 f"(the first: {cause}): its image column must hold JPEG or PNG files (bytes or paths)."
             )
 
-        # a file object (np.savez would append .npz to a name), written whole: no half-written cache
-        arrays = {"images": images[:count], "labels": labels[:count]}
-        write_atomically(Path(self.cache_path), lambda file: np.savez(file, **arrays))
+        save_cache(self.cache_path, images=images[:count], labels=labels[:count])
         rank_zero_info(
             f"CelebFaces: kept {count} of {len(genders)} rows (genders 1 and 2), skipped "
             f"{len(kept) - count} undecodable images; cached in {self.cache_path}"
@@ -253,6 +225,6 @@ class CelebFacesDataModule(ImageDataModule):
         # A fixed permutation of the kept faces: its first num_val_samples validate.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
         self.splits = {
-            "train": _Faces(images, labels, order[self.num_val_samples :], self.labels),
-            "val": _Faces(images, labels, order[: self.num_val_samples], self.labels),
+            "train": CachedImages(images, labels, order[self.num_val_samples :], self.labels),
+            "val": CachedImages(images, labels, order[: self.num_val_samples], self.labels),
         }

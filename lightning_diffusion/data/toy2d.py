@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.datasets import make_circles, make_moons, make_swiss_roll
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from lightning_diffusion.data.base import DiffusionDataModule, _own_rng
 
@@ -93,6 +93,18 @@ def draw_toy2d(
         s = rng.rand(n) * 2 * np.pi
         points = np.where(labels[:, None] == 0, 1.0, 0.5) * np.stack([np.cos(s), np.sin(s)], 1)
     return points + noise * rng.randn(n, 2), labels
+
+
+class _Rows(TensorDataset):
+    """A TensorDataset whose batches are sliced out of the tensors in one indexing operation rather than per row
+    (the DataLoader asks for a whole batch through ``__getitems__``)."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        return tuple(tensor[indices] for tensor in self.tensors)
+
+
+def _whole_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return batch  # _Rows.__getitems__ gave the batch already
 
 
 _CLASS_NAMES = {
@@ -201,12 +213,17 @@ class Toy2DDataModule(DiffusionDataModule):
         return self._splits["stats"][1].tolist()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        # Whole batches are sliced out of the tensors in one indexing operation rather than per point.
-        dataset = TensorDataset(*self._splits[split])
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        batches = BatchSampler(order, self.batch_size, drop_last=shuffle)
+        # A plain sampler and batch_size, so that under DDP Lightning puts its DistributedSampler (the run's seed,
+        # reshuffled every epoch) in the RandomSampler's place; the rows still come as whole batches (_Rows).
+        dataset = _Rows(*self._splits[split])
         return DataLoader(
-            dataset, sampler=batches, batch_size=None, num_workers=self.num_workers, generator=_own_rng(shuffle)
+            dataset,
+            batch_size=self.batch_size,
+            sampler=RandomSampler(dataset) if shuffle else None,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_whole_batch,
+            generator=_own_rng(shuffle),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -115,3 +115,48 @@ class PointMassOracle(torch.nn.Module):
 
         alpha_bar = diffusion.alpha_bar_at(self.alphas_cumprod, t.round().long(), x_t)
         return (x_t - alpha_bar.sqrt() * self.target) / (1 - alpha_bar).sqrt()
+
+
+# write_image_folder: each class's images, in the order ImageFolderDataModule lists them (sorted, subfolders after
+# the files of a folder as os.walk goes), and the value every pixel of each decodes to (RGB, one per channel)
+FOLDER_CAT = ["a_rgb.jpg", "b_gray.png", "c_gray_alpha.png", "d_palette.png", "e_rgba.png", "f_cmyk.jpg"]
+FOLDER_CAT += ["g_16bit.png", "h_exif.jpg", "nested/i_deep.png"]
+FOLDER_DOG = [f"dog_{i}.png" for i in range(5)]
+FOLDER_SKIPPED = ["cat/broken.png", "dog/truncated.jpg"]  # undecodable: named in the one line
+
+
+def write_image_folder(root: Path) -> Path:
+    """A folder with every awkward case: cat/ holds one image per mode (L, LA, P with transparency, RGBA, CMYK,
+    16-bit, EXIF-rotated) and a nested one, dog/ plain PNGs; beside them a non-image, hidden files and a hidden
+    folder, an image at the top, a corrupt and a truncated image, and an empty class folder."""
+    cat, dog = root / "cat", root / "dog"
+    for folder in (cat / "nested", dog, root / "empty", root / ".thumbnails"):
+        folder.mkdir(parents=True, exist_ok=True)
+    grey = np.full((24, 32), 100, dtype=np.uint8)  # 32 wide, 24 high: cropped to the middle 24x24
+    Image.fromarray(np.full((24, 32, 3), 200, dtype=np.uint8)).save(cat / "a_rgb.jpg", quality=95)
+    Image.fromarray(grey).save(cat / "b_gray.png")
+    Image.fromarray(np.stack([grey, np.zeros_like(grey)], -1), "LA").save(cat / "c_gray_alpha.png")  # transparent
+    palette = Image.fromarray(grey).convert("P")
+    palette.info["transparency"] = 100  # the palette index of the grey: transparent
+    palette.save(cat / "d_palette.png")
+    Image.fromarray(np.full((24, 32, 4), (0, 0, 255, 255), dtype=np.uint8), "RGBA").save(cat / "e_rgba.png")
+    Image.new("CMYK", (32, 24), (0, 255, 255, 0)).save(cat / "f_cmyk.jpg", quality=95)  # red
+    Image.fromarray(np.full((24, 32), 40_000, dtype=np.uint16)).save(cat / "g_16bit.png")  # 40,000 >> 8 = 156
+    # stored 32 wide, 24 high with its top half white; EXIF orientation 6 shows it turned a quarter clockwise: the
+    # white half on the right of the 24 wide, 32 high picture
+    stored = np.zeros((24, 32, 3), dtype=np.uint8)
+    stored[:12] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(cat / "h_exif.jpg", exif=exif, quality=95)
+    Image.fromarray(grey).save(cat / "nested" / "i_deep.png")
+    for i, name in enumerate(FOLDER_DOG):
+        Image.fromarray(np.full((24, 24, 3), 10 * i, dtype=np.uint8)).save(dog / name)
+    (cat / "broken.png").write_bytes(b"certainly not an image")
+    (dog / "truncated.jpg").write_bytes((cat / "a_rgb.jpg").read_bytes()[:300])
+    (dog / "notes.txt").write_text("not an image")
+    (dog / ".hidden.png").write_bytes((dog / "dog_0.png").read_bytes())
+    (root / ".thumbnails" / "dog_0.png").write_bytes((dog / "dog_0.png").read_bytes())
+    (root / "empty" / "README.md").write_text("no images here")
+    (root / "top.png").write_bytes((dog / "dog_0.png").read_bytes())  # not in a class folder
+    return root
