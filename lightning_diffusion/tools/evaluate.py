@@ -42,6 +42,7 @@ from lightning_diffusion.tools.report import (
     AXES,
     CELL_COLUMNS,
     append_row,
+    locked,
     log_to_wandb,
     metric_columns,
     read_rows,
@@ -237,7 +238,8 @@ def evaluate(options: Options, command: str = "") -> Path:
             record(*score_samples(scorers, path, options.batch_size or IMAGE_BATCH))
     finally:  # an error's sentence starts on a line of its own
         cells_bar.close()
-    return finish(options, folder, experiment, columns, rows, command)
+    with locked(results):  # every row, also those another evaluation of this grid wrote; summaries written once
+        return finish(options, folder, experiment, *read_rows(results), command)
 
 
 def finish(options: Options, folder: Path, experiment: str, columns: list[str], rows: list[dict], command: str) -> Path:

@@ -9,9 +9,10 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lightning_diffusion.loggers import WandbLogger
 from lightning_diffusion.plotting import quality_curves_figure
@@ -33,12 +34,20 @@ def metric_columns(names: Sequence[str]) -> list[str]:
     return [column for name in names for column in ([name] if is_floor(name) else [name, f"{name}_std"])]
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[TextIO]:
+    """`path` (results.csv, made if new) open for appending under an exclusive lock (fcntl.flock), released at the
+    end of the block: what evaluations of one grid at the same moment do one at a time."""
+    with open(path, "a+", newline="") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        yield file
+
+
 def append_row(path: Path, columns: list[str], row: Row, same: Callable[[Row], bool] | None = None) -> bool:
     """Appends one cell's row to results.csv (with the header if the file is new) and syncs it to disk, under an
     exclusive lock: evaluations writing one grid at once neither interleave rows nor write the header twice, and a
     row that `same` finds among the rows already there is not added again. Returns whether the row was added."""
-    with open(path, "a+", newline="") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes
+    with locked(path) as file:
         file.seek(0)
         reader = csv.DictReader(file)
         if same is not None and any(same({k: _value(v) for k, v in other.items()}) for other in reader):
