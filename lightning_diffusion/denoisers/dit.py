@@ -186,7 +186,8 @@ class DiTDenoiser(nn.Module):
         """``(B, T, p * p * C)`` tokens back to ``(B, C, H, W)`` images."""
         p, (rows, cols), channels = self.patch_size, self.grid, self.sample_shape[0]
         x = x.view(x.shape[0], rows, cols, p, p, channels)
-        return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], channels, rows * p, cols * p)
+        # contiguous, so that callers may .view() the output (with p = 1 the reshape alone is a strided view)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], channels, rows * p, cols * p).contiguous()
 
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if self.y_embedder is None and class_labels is not None:
