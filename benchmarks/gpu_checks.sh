@@ -2,7 +2,8 @@
 # Everything here that needs a CUDA GPU, in one go (a lent GPU's time is short), each part under its own time limit:
 #   1. host syncs per training step as CUDA itself counts them (benchmarks/syncs.py --device cuda)
 #   2. the GPU tests (tests/cli/test_gpu.py: bf16/fp16 training, torch.compile, CUDA's sync count per config)
-#   3. training throughput of celeb_cond (benchmarks/throughput.py), at its batch size and at 256 ($BATCHES)
+#   3. training throughput, FLOPs and MFU of $THROUGHPUT_CONFIGS (benchmarks/throughput.py; default the UNet of
+#      celeb_cond and the DiTs of celeb_cond_dit and cifar10_dit), at each config's batch size and at 256 ($BATCHES)
 #   4. the framework's overhead over the plain loop (benchmarks/overhead.py --devices cuda; $CASES)
 # Logs and tables go to $OUT (default outputs/gpu_checks). Wheels in .whl/ (packages the GPU machine lacks, e.g.
 # `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers jsonargparse docstring_parser
@@ -10,6 +11,7 @@
 #
 #   bash benchmarks/gpu_checks.sh
 #   BATCHES=256 CASES="MLP UNet" THROUGHPUT_S=150 bash benchmarks/gpu_checks.sh   # a shorter run
+#   THROUGHPUT_CONFIGS=celeb_cond_dit BATCHES=config bash benchmarks/gpu_checks.sh   # one config
 set -u
 OUT=$(realpath -m "${OUT:-outputs/gpu_checks}")
 mkdir -p "$OUT"
@@ -37,7 +39,8 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'lightning', lightning
 
 throughput() {  # each batch size of $BATCHES ("config": the config's own)
   for batch in ${BATCHES:-config 256}; do
-    python3 throughput.py --configs celeb_cond --steps 20 --warmup 5 --notes "$OUT/throughput.md" \
+    python3 throughput.py --configs ${THROUGHPUT_CONFIGS:-celeb_cond celeb_cond_dit cifar10_dit} --steps 20 --warmup 5 \
+      --notes "$OUT/throughput.md" \
       $([ "$batch" = config ] || echo --batch_size "$batch") || return
   done
 }

@@ -1,7 +1,7 @@
-"""Training throughput of the image configs: images/s and peak GPU memory for fp32, bf16-mixed, + channels_last,
-+ torch.compile, on one device or under DDP.
+"""Training throughput of the image configs: training FLOPs per image, images/s, achieved TFLOP/s, MFU and peak
+GPU memory for fp32, bf16-mixed, + channels_last, + torch.compile, on one device or under DDP.
 
-    python benchmarks/throughput.py                                   # on a CUDA GPU: mnist_cond and celeb_cond
+    python benchmarks/throughput.py                                   # on a CUDA GPU: the UNet and DiT configs
     python benchmarks/throughput.py --devices 1 2                     # one GPU, then 2-process DDP (2 GPUs)
     python benchmarks/throughput.py --device cpu --steps 2 --notes ''   # the small mode the tests run
 
@@ -12,6 +12,12 @@ counts all ranks' images, the peak memory is rank 0's.
 Each variant trains the config's own DiffusionModule (built by the real CLI from the YAML, so the UNet is the
 configured one) on in-memory random batches of the data's shape and labels, so that the data pipeline is not
 measured here (benchmarks/dataloader.py measures it). Prints a table and appends it to notes/benchmarks.md.
+
+The FLOPs of a training step (the formulation's loss, forward and backward, per image) are counted by
+torch.utils.flop_counter (benchmarks/flops.py: a multiply-add is 2 FLOPs) on the eager fp32 model, the same for
+every variant. MFU is the achieved FLOP/s over the dense peak of the device for the variant's precision (bf16; TF32
+or fp32 as torch's float32 matmul precision says) times the processes; on a device missing from flops.PEAK_TFLOPS it
+prints "-". The "+ channels_last" variant runs only for denoisers with that option (the UNet).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
+from flops import mfu, peak_tflops, training_flops_per_image
 from report import publish
 from torch.utils.data import DataLoader
 
@@ -60,12 +68,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def has_channels_last(config: str) -> bool:
+    """Whether the config's denoiser has a ``channels_last`` option (the UNet; not the DiT)."""
+    denoiser = yaml.safe_load((REPO / "configs" / f"{config}.yaml").read_text())["model"]["denoiser"]
+    return "channels_last" in denoiser.get("init_args", {})
+
+
 def measure(
     config: str, variant: str, device: str, steps: int, warmup: int, batch_size: int | None, devices: int = 1
-) -> tuple[float, float]:
-    """images/s (of all `devices`) and peak memory (GiB, CUDA only; rank 0's) of `steps` training steps after `warmup`
-    ones; with `devices` > 1, inside the processes of torchrun (`launch`)."""
+) -> tuple[float, float, float, str]:
+    """images/s (of all `devices`), peak memory (GiB, CUDA only; rank 0's) of `steps` training steps after `warmup`
+    ones, the training FLOPs per image and torch's float32 matmul precision of the run; with `devices` > 1, inside
+    the processes of torchrun (`launch`)."""
     precision, channels_last, compile = VARIANTS[variant]
+    layout = [f"--model.denoiser.init_args.channels_last={channels_last}"] if has_channels_last(config) else []
     cli = DiffusionCLI(
         run=False,
         args=[
@@ -73,7 +89,7 @@ def measure(
             str(REPO / "configs" / f"{config}.yaml"),
             "--trainer.logger",
             "false",
-            f"--model.denoiser.init_args.channels_last={channels_last}",
+            *layout,
             f"--model.compile={compile}",
             "--data.init_args.download=false" if config.startswith("mnist") else "--data.init_args.root=data",
         ],
@@ -87,6 +103,9 @@ def measure(
         else (torch.randn(batch, *data.sample_shape),)
         for _ in range(warmup + steps)
     ]
+    # per image, so two images suffice (counted on the CPU, before the Trainer moves the model)
+    x0, labels = batches[0][0][:2], batches[0][1][:2] if num_classes else None
+    flops = training_flops_per_image(model.formulation, model.denoiser, x0, labels)
     timer = _Timer(warmup)
     trainer = L.Trainer(
         accelerator=device,
@@ -107,10 +126,10 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(model, DataLoader(batches, batch_size=None, pin_memory=device == "cuda"))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return devices * steps * batch / timer.seconds, peak
+    return devices * steps * batch / timer.seconds, peak, flops, torch.get_float32_matmul_precision()
 
 
-def launch(args: argparse.Namespace, config: str, variant: str, devices: int) -> tuple[float, float]:
+def launch(args: argparse.Namespace, config: str, variant: str, devices: int) -> tuple[float, float, float, str]:
     """`measure` under `torchrun --standalone --nproc_per_node devices`; rank 0 hands the numbers back in a file."""
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result.json")
@@ -148,7 +167,7 @@ def launch(args: argparse.Namespace, config: str, variant: str, devices: int) ->
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="*", default=["mnist_cond", "celeb_cond"])
+    parser.add_argument("--configs", nargs="*", default=["mnist_cond", "celeb_cond", "celeb_cond_dit"])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=50)
@@ -166,24 +185,32 @@ def main(argv: list[str] | None = None) -> str:
             with open(args.result_file, "w") as f:
                 json.dump(numbers, f)
         return ""
+    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     rows = []
     for config in args.configs:
         for devices in args.devices:
             for variant in args.variants:
+                if VARIANTS[variant][1] and not has_channels_last(config):
+                    continue  # no such option: the same run as bf16-mixed
                 if devices == 1:
-                    images_per_second, peak = measure(
-                        config, variant, args.device, args.steps, args.warmup, args.batch_size
-                    )
+                    numbers = measure(config, variant, args.device, args.steps, args.warmup, args.batch_size)
                 else:
-                    images_per_second, peak = launch(args, config, variant, devices)
-                rows.append(f"| {config} | {devices} | {variant} | {images_per_second:.1f} | {peak:.2f} |")
-    table = "\n".join(
-        ["| config | processes | variant | images/s | peak GiB (rank 0) |", "| --- | --- | --- | --- | --- |", *rows]
-    )
+                    numbers = launch(args, config, variant, devices)
+                images_per_second, peak, flops, matmul_precision = numbers
+                peak_flops = peak_tflops(name, VARIANTS[variant][0], matmul_precision)
+                utilisation = mfu(flops, images_per_second, peak_flops, devices)
+                rows.append(
+                    f"| {config} | {devices} | {variant} | {flops / 1e9:.2f} | {images_per_second:.1f} | "
+                    f"{flops * images_per_second / 1e12:.2f} | "
+                    f"{'-' if utilisation is None else f'{100 * utilisation:.1f}%'} | {peak:.2f} |"
+                )
+    header = "| config | processes | variant | train GFLOPs/image | images/s | TFLOP/s | MFU | peak GiB (rank 0) |"
+    table = "\n".join([header, "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
     size = args.batch_size or "the config's batch size"
     details = (
-        f"device {args.device}, {args.steps} timed steps after {args.warmup}, random in-memory batches of "
-        f"{size} per process."
+        f"device {name}, {args.steps} timed steps after {args.warmup}, random in-memory batches of {size} per "
+        "process; FLOPs counted by torch.utils.flop_counter (a multiply-add is 2), MFU against the dense peak of "
+        "benchmarks/flops.py for the variant's precision, over all processes."
     )
     return publish("Training throughput", argv, details, table, args.notes)
 

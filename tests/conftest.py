@@ -55,6 +55,16 @@ def fake_celeb_dir(tmp_path_factory):
     return write_parquet(tmp_path_factory.mktemp("celeb") / "tmdb", make_dataset())
 
 
+TINY_DIT = [
+    "--model.denoiser.init_args.depth",
+    "2",
+    "--model.denoiser.init_args.hidden_size",
+    "32",
+    "--model.denoiser.init_args.num_heads",
+    "4",
+]
+
+
 def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) -> list[str]:
     """What a GPU-sized config needs to run in seconds on this CPU: the test data, fp32, tiny batches, 2 steps."""
     parsed = yaml.safe_load(config.read_text())
@@ -122,16 +132,17 @@ def cpu_overrides(config: Path, data_root: Path, celeb_dir: Path | None = None) 
     ]
     if classifier:
         return [*data, "--model.width", "8"]
-    levels = len(parsed["model"]["denoiser"]["init_args"]["block_out_channels"])
+    denoiser = parsed["model"]["denoiser"]
+    sampling = ["--data.init_args.predict_num_samples", "20", "--model.num_inference_steps", "2"]
+    if denoiser["class_path"].endswith("DiTDenoiser"):  # the config's patches (so its tokens), 2 blocks 32 wide
+        return [*data, *TINY_DIT, *sampling]
+    levels = len(denoiser["init_args"]["block_out_channels"])
     return [
         *data,
         # the config's UNet, as many levels and attention blocks, 32 channels wide
         "--model.denoiser.init_args.block_out_channels",
         str([32] * levels),
-        "--data.init_args.predict_num_samples",
-        "20",
-        "--model.num_inference_steps",
-        "2",
+        *sampling,
     ]
 
 

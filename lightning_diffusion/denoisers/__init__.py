@@ -3,7 +3,8 @@
 Constructors take ``sample_shape`` and ``num_classes``, which the CLI links from the data.
 """
 
+from lightning_diffusion.denoisers.dit import DiTDenoiser
 from lightning_diffusion.denoisers.mlp import MLPDenoiser
 from lightning_diffusion.denoisers.unet import UNetDenoiser
 
-__all__ = ["MLPDenoiser", "UNetDenoiser"]
+__all__ = ["DiTDenoiser", "MLPDenoiser", "UNetDenoiser"]
