@@ -11,6 +11,8 @@ from conftest import REPO
 from helpers.checkpoints import load
 from helpers.stop_signals import SMALL
 
+from lightning_diffusion.runs import fit_finished
+
 pytestmark = pytest.mark.slow
 
 FIT = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL]
@@ -88,6 +90,9 @@ def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_one(mount_tmpfs):
     for name in names:
         assert load(folder / name)["global_step"] == 4
 
+    assert fit_finished(out / "moons/version_0") is False  # evaluate says so; no run reuses the folder
+
     resumed = run([*fit, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load(out / "moons/version_1/checkpoints/last.ckpt")["global_step"] == 3 * 4
+    assert fit_finished(out / "moons/version_1") is True
