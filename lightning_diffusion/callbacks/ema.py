@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_diffusion.errors import check_range
+
 
 def warmup_decay(decay: float, num_updates: int) -> float:
     """The decay of the update after `num_updates` earlier ones, min(decay, (1 + n) / (10 + n)): the schedule of
@@ -51,6 +53,7 @@ class EMA(Callback):
             raise ValueError(
                 f"EMA needs 0 <= decay < 1 and update_every_n_steps >= 1, got {decay} and {update_every_n_steps}."
             )
+        check_range("EMA", "update_starting_at_step", update_starting_at_step, 0)
         self.decay, self.update_every_n_steps = decay, update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
         self.device = torch.device(device) if device is not None else None

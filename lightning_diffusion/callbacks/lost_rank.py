@@ -11,6 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from lightning_diffusion.checkpoints import newest_saved_checkpoint
+from lightning_diffusion.errors import check_range
 from lightning_diffusion.lightning_private import child_processes
 
 _LOST = ("connection reset", "connection closed", "broken pipe", "socket closed", "remote process exited")
@@ -44,6 +45,7 @@ class LostRank(Callback):
     """
 
     def __init__(self, timeout: float | None = None) -> None:
+        check_range("LostRank", "timeout", timeout, 0, low_open=True)
         self.timeout = timeout
         self._launcher_pid = os.getppid()
 

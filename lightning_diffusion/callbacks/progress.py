@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from lightning_diffusion.errors import at_least, check_range
+
 
 class LossProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar with the mean training loss of the last logging interval, redrawn at most every
@@ -27,6 +29,8 @@ class LossProgressBar(TQDMProgressBar):
     def __init__(
         self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False, min_interval: float = 0.1
     ) -> None:
+        at_least("LossProgressBar", 0, refresh_rate=refresh_rate, process_position=process_position)
+        check_range("LossProgressBar", "min_interval", min_interval, 0)
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.min_interval = min_interval
         self._drawn_at = float("-inf")

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_diffusion.callbacks.artifacts import log_figure, log_grid, should_run
+from lightning_diffusion.errors import at_least
 from lightning_diffusion.plotting import evenly_spaced, image_grid, progression_figure
 
 
@@ -37,6 +38,8 @@ class SampleGrid(Callback):
         progression_images: int = 2,
         seed: int = 0,
     ) -> None:
+        at_least("SampleGrid", 1, every_n_epochs=every_n_epochs, samples_per_row=samples_per_row, num_rows=num_rows)
+        at_least("SampleGrid", 0, progression_steps=progression_steps, progression_images=progression_images)
         self.every_n_epochs, self.samples_per_row, self.num_rows = every_n_epochs, samples_per_row, num_rows
         self.progression_steps, self.progression_images, self.seed = progression_steps, progression_images, seed
         self._noise: Tensor | None = None

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_diffusion.callbacks.artifacts import log_figure, real_points, reuses_metrics, should_run
+from lightning_diffusion.errors import at_least
 from lightning_diffusion.plotting import scatter_figure
 
 
@@ -28,6 +29,7 @@ class SamplePlot(Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 1000, seed: int = 0) -> None:
+        at_least("SamplePlot", 1, every_n_epochs=every_n_epochs, num_samples=num_samples)
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

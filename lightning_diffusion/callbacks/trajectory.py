@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_diffusion.callbacks.artifacts import log_figure, real_points, reuses_metrics, should_run
+from lightning_diffusion.errors import at_least, check_range
 from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.plotting import trajectory_figure
 
@@ -68,6 +69,10 @@ class TrajectoryPlot(Callback):
         tracked_index: int = 0,
         seed: int = 0,
     ) -> None:
+        at_least(
+            "TrajectoryPlot", 1, every_n_epochs=every_n_epochs, num_points=num_points, timestep_stride=timestep_stride
+        )
+        check_range("TrajectoryPlot", "tracked_index", tracked_index, 0, num_points - 1)  # one of the points
         self.every_n_epochs, self.num_points, self.timestep_stride = every_n_epochs, num_points, timestep_stride
         self.tracked_index, self.seed = tracked_index, seed
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from lightning_diffusion.checkpoints import newest_saved_checkpoint
+from lightning_diffusion.errors import check_range
 from lightning_diffusion.plotting import image_grid
 from lightning_diffusion.runs import FIT_RECORD, free_path, run_dir, write_atomically
 
@@ -43,6 +44,7 @@ class SampleWriter(BasePredictionWriter):
 
     def __init__(self, filename: str = "samples.npz", grid_size: int = 100) -> None:
         super().__init__(write_interval="epoch")
+        check_range("SampleWriter", "grid_size", grid_size, 0)
         self.filename, self.grid_size = filename, grid_size
 
     def write_on_epoch_end(

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
+from lightning_diffusion.errors import at_least
+
 
 def _own_rng(shuffle: bool) -> torch.Generator | None:
     """Evaluation loaders get a generator of their own: creating a DataLoader iterator otherwise draws a seed from
@@ -54,11 +56,8 @@ class DiffusionDataModule(L.LightningDataModule):
         predict_class_labels: list[int] | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0 or predict_num_samples < 0:
-            raise ValueError(
-                f"batch_size ({batch_size}) must be positive, num_workers ({num_workers}) and "
-                f"predict_num_samples ({predict_num_samples}) not negative: set them in the data's init_args."
-            )
+        at_least(type(self).__name__, 1, batch_size=batch_size)
+        at_least(type(self).__name__, 0, num_workers=num_workers, predict_num_samples=predict_num_samples)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.predict_num_samples = predict_num_samples

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import check_range
+
 
 def sincos_1d(dim: int, positions: Tensor) -> Tensor:
     """The sin-cos features of Vaswani et al. 2017 (sec. 3.5): ``(N,)`` positions -> ``(N, dim)``."""
@@ -118,6 +120,7 @@ class DiTDenoiser(nn.Module):
         frequency_embedding_size: int = 256,
     ) -> None:
         super().__init__()
+        check_range("DiTDenoiser", "num_classes", num_classes, 1)
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
         if len(self.sample_shape) != 3:

@@ -8,6 +8,8 @@ import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import at_least, check_range
+
 
 class _ResidualBlock(nn.Module):
     """h + MLP(LayerNorm(h) + emb): the conditioning enters every block."""
@@ -47,6 +49,9 @@ class MLPDenoiser(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        at_least("MLPDenoiser", 1, num_classes=num_classes, hidden_dim=hidden_dim, num_blocks=num_blocks)
+        check_range("MLPDenoiser", "time_embed_dim", time_embed_dim, 2)  # a sine and a cosine at least
+        check_range("MLPDenoiser", "dropout", dropout, 0, 1, high_open=True)
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
         dim = math.prod(self.sample_shape)

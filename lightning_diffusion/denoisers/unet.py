@@ -6,6 +6,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import at_least, check_range
+
 
 class UNetDenoiser(nn.Module):
     """U-Net denoiser (Ronneberger et al. 2015, as used by Ho et al. 2020), built by diffusers' ``UNet2DModel``.
@@ -43,6 +45,10 @@ class UNetDenoiser(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        owner = "UNetDenoiser"
+        at_least(owner, 1, num_classes=num_classes, layers_per_block=layers_per_block, norm_num_groups=norm_num_groups)
+        at_least(owner, 1, attention_head_dim=attention_head_dim, block_out_channels=min(block_out_channels, default=0))
+        check_range(owner, "dropout", dropout, 0, 1, high_open=True)
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
         self.channels_last = channels_last

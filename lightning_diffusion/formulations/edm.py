@@ -12,6 +12,7 @@ import torch
 from diffusers import EDMEulerScheduler, SchedulerMixin
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import check_range
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
 from lightning_diffusion.formulations.ddpm import StepCallback
@@ -111,6 +112,8 @@ class EDM(Formulation):
         super().__init__()
         if sigma_data is not None and sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive (or null to measure it), got {sigma_data}.")
+        check_range("EDM", "P_std", P_std, 0, low_open=True)
+        check_range("EDM", "rho", rho, 0, low_open=True)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"EDM needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
         self.P_mean, self.P_std, self.sigma_min, self.sigma_max, self.rho = P_mean, P_std, sigma_min, sigma_max, rho

@@ -12,6 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import check_range
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
 from lightning_diffusion.formulations.ddpm import StepCallback
@@ -86,6 +87,7 @@ class FlowMatching(Formulation):
         super().__init__()
         if time_distribution not in ("uniform", "logit_normal"):
             raise ValueError(f"time_distribution must be 'uniform' or 'logit_normal', got {time_distribution!r}.")
+        check_range("FlowMatching", "logit_std", logit_std, 0, low_open=True)
         if shift <= 0:
             raise ValueError(f"shift must be positive, got {shift}.")
         self.time_distribution, self.logit_mean, self.logit_std, self.shift = (

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler, SchedulerMixin
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import check_range
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.formulations.base import Formulation, Net
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
@@ -59,6 +60,7 @@ class VP(Formulation):
         min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__()
+        check_range("VP", "min_snr_gamma", min_snr_gamma, 0, low_open=True)
         if getattr(scheduler, "alphas_cumprod", None) is None:
             raise ValueError(
                 f"The training scheduler {type(scheduler).__name__} has no alphas_cumprod: use a DDPM-family "

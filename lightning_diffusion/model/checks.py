@@ -10,6 +10,7 @@ from diffusers import SchedulerMixin
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_diffusion.errors import at_least, check_range
 from lightning_diffusion.formulations import VP, Formulation
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType
 from lightning_diffusion.model.guidance import check_interval
@@ -53,6 +54,8 @@ def check_arguments(
     formulation.check_sampler(sampler, dict(options["sampler_kwargs"] or {}), num_inference_steps)
     label_dropout, guidance_scale = options["label_dropout"], options["guidance_scale"]
     num_classes, metrics, shape = options["num_classes"], options["sample_metrics"], tuple(options["sample_shape"])
+    check_range("DiffusionModule", "guidance_scale", guidance_scale, 0)
+    at_least("DiffusionModule", 0, val_num_samples=options["val_num_samples"], sample_seed=options["sample_seed"])
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
     denoiser_classes = getattr(denoiser, "num_classes", num_classes)

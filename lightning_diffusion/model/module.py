@@ -122,7 +122,7 @@ class DiffusionModule(L.LightningModule):
             denoiser = denoiser(tuple(sample_shape), num_classes)
         self.formulation = formulation
         self.sampler_name = sampler or formulation.default_sampler
-        self.num_inference_steps = num_inference_steps or formulation.default_steps
+        self.num_inference_steps = formulation.default_steps if num_inference_steps is None else num_inference_steps
         options = {**self.hparams, "sample_metrics": sample_metrics}  # the metrics as built
         check_arguments(denoiser, formulation, self.sampler_name, self.num_inference_steps, options)
 

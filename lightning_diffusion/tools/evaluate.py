@@ -26,6 +26,7 @@ from tqdm import tqdm
 from lightning_diffusion.checkpoints import check_checkpoint, read_checkpoint
 from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
 from lightning_diffusion.metrics.features import INCEPTION_PATH
+from lightning_diffusion.model.guidance import check_interval
 from lightning_diffusion.model.module import DiffusionModule
 from lightning_diffusion.tools.eval_folders import checkpoints_of, claim, eval_folder, warn_unfinished
 from lightning_diffusion.tools.grid import (
@@ -138,6 +139,10 @@ class Options:
         ):
             if values and min(values) < least:
                 raise ValueError(f"--{name} must be at least {least}, got {min(values)}.")
+        if self.guidance and min(self.guidance) < 0:
+            raise ValueError(f"--guidance scales must be at least 0, got {min(self.guidance)}.")
+        for interval in self.guidance_intervals or []:
+            check_interval(interval)
 
 
 def grid_axes(options: Options) -> tuple[list | None, list | None, list | None]:

@@ -19,7 +19,7 @@ from jsonargparse import ArgumentParser
 from torch import Tensor
 
 from lightning_diffusion.checkpoints import check_checkpoint, checkpoint_named, read_checkpoint
-from lightning_diffusion.errors import PROGRAM, one_line_errors, parse_arguments
+from lightning_diffusion.errors import PROGRAM, check_range, one_line_errors, parse_arguments
 from lightning_diffusion.optim import MAX_SIGMA_REL, posthoc_ema_coefficients, sigma_rel_to_gamma
 from lightning_diffusion.runs import POSTHOC_EMA, free_path, posthoc_ema_snapshots, save_atomically
 
@@ -100,6 +100,7 @@ def posthoc_ema(run: str, sigma_rels: list[float], step: int | None = None) -> l
         sigma_rels: Relative standard deviations of the averages to reconstruct (EDM2's optima lie at 0.05-0.15).
         step: The training step of the averages (default: the newest snapshot's); only snapshots up to it are used.
     """
+    check_range("posthoc-ema", "--step", step, 0)
     return [write_checkpoint(run, float(s), step) for s in sigma_rels]
 
 
