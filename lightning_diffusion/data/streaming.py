@@ -46,6 +46,23 @@ def to_model_space(item: dict[str, Any], mean: torch.Tensor, std: torch.Tensor, 
     return (x, torch.tensor(item["label"], dtype=torch.long)) if labels else (x,)
 
 
+def resumable_loader() -> type:
+    """litdata's StreamingDataLoader, whose resumed epoch also ends where Lightning stops asking for batches."""
+    import litdata
+
+    class ResumableStreamingDataLoader(litdata.StreamingDataLoader):
+        """litdata clears the flag of a loader resumed mid-epoch (`restore`) only when the epoch's iterator runs
+        out, but Lightning takes len(loader) batches and leaves it: the flag would hold into the next epoch, which
+        would then be empty. A new epoch's iterator clears it once the resumed epoch has yielded them all."""
+
+        def __iter__(self) -> Any:
+            if self.restore and self.state_dict()["num_samples_yielded"] >= len(self) * self.batch_size:
+                self.restore = False
+            return super().__iter__()
+
+    return ResumableStreamingDataLoader
+
+
 class StreamingImageDataModule(ImageDataModule):
     """The images of litdata shards: uint8 chunks of the train and val splits of any image DataModule, and the
     metadata the model needs (shape, classes, class names, normalization), written once by ``prepare``.
@@ -141,10 +158,8 @@ class StreamingImageDataModule(ImageDataModule):
         )
 
     def _streaming_loader(self, split: str, shuffle: bool) -> litdata.StreamingDataLoader:
-        import litdata
-
         # The loader's own generator: creating its iterator then draws nothing from the global one (exact resume).
-        return litdata.StreamingDataLoader(
+        return resumable_loader()(
             self._dataset(split, shuffle),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
