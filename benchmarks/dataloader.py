@@ -1,5 +1,6 @@
 """Loading throughput of the image configs' data: CelebFacesDataModule's one-time decode into the cache, then
-images/s per training epoch of it and of TorchvisionDataModule (as configs/celeb_cond.yaml and configs/mnist_cond.yaml
+images/s per training epoch of it, of the same faces as litdata shards (StreamingImageDataModule) and of
+TorchvisionDataModule (as configs/celeb_cond.yaml and configs/mnist_cond.yaml
 load them).
 
     python benchmarks/dataloader.py                        # generated portraits and digits
@@ -25,7 +26,8 @@ from mnist_5k import write_idx
 from PIL import Image
 from report import publish
 
-from lightning_diffusion.data import CelebFacesDataModule, TorchvisionDataModule
+from lightning_diffusion.data import CelebFacesDataModule, StreamingImageDataModule, TorchvisionDataModule
+from lightning_diffusion.tools.prepare import prepare
 
 
 def generated_portraits(folder: Path, n: int, width: int = 300, height: int = 450) -> Path:
@@ -102,6 +104,12 @@ def main(argv: list[str] | None = None) -> str:
         cached = len(data.train_dataloader().dataset) + len(data.val_dataloader().dataset)
         rows = [f"| CelebFaces: decode + cache (once, {cached} kept faces) | - | {cached / decode_seconds:.0f} |"]
         rows += epochs(data, args.workers, "CelebFaces: train epoch from the cache")
+        start = time.perf_counter()
+        shards = prepare(data, Path(tmp) / "shards", workers=max(args.workers + [1]))  # the same images as chunks
+        rate = cached / (time.perf_counter() - start)
+        rows += [f"| CelebFaces: prepare litdata shards (once, {cached} faces) | - | {rate:.0f} |"]
+        stream = StreamingImageDataModule(str(shards), batch_size=args.batch_size)
+        rows += epochs(stream, args.workers, "CelebFaces: train epoch from litdata shards")
 
         mnist_root = args.mnist_root or str(generated_digits(Path(tmp) / "digits", args.num_digits))
         digits = TorchvisionDataModule(

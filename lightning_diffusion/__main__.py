@@ -1,7 +1,7 @@
 """`python -m lightning_diffusion <command>` (or `lightning-diffusion <command>`), each command with `--help`.
 
 The training commands fit, validate, test and predict are LightningCLI's (cli.py); the tools evaluate, compare,
-export and inspect are tools/<command>.py, each run by its `main(argv)`.
+export, inspect, posthoc-ema and prepare are tools/<command>.py, each run by its `main(argv)`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from lightning.pytorch import Trainer
 
 import lightning_diffusion.cli as cli
 from lightning_diffusion.errors import PROGRAM, SUBCOMMANDS, one_line_errors, parse_arguments
-from lightning_diffusion.tools import compare, evaluate, export, inspect, posthoc_ema
+from lightning_diffusion.tools import compare, evaluate, export, inspect, posthoc_ema, prepare
 
-TOOLS = {"evaluate": evaluate, "compare": compare, "export": export, "inspect": inspect, "posthoc-ema": posthoc_ema}
+TOOLS = {
+    "evaluate": evaluate,
+    "compare": compare,
+    "export": export,
+    "inspect": inspect,
+    "posthoc-ema": posthoc_ema,
+    "prepare": prepare,
+}
 
 
 def _first_sentence(doc: str | None) -> str:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from lightning_diffusion.data.base import ImageDataModule
 from lightning_diffusion.data.images import CachedImages, files_digest, save_cache, square
+from lightning_diffusion.errors import at_least
 
 _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 _EXTENSIONS = {ext for ext, name in Image.registered_extensions().items() if name in Image.OPEN}
@@ -96,11 +97,10 @@ class ImageFolderDataModule(ImageDataModule):
             predict_class_labels,
             random_flip,
         )
-        if image_size < 1 or num_val_samples < 0 or channels not in (1, 3):
-            raise ValueError(
-                f"image_size ({image_size}) must be positive, num_val_samples ({num_val_samples}) not negative and "
-                f"channels ({channels}) 1 or 3."
-            )
+        at_least(type(self).__name__, 1, image_size=image_size)
+        at_least(type(self).__name__, 0, num_val_samples=num_val_samples)
+        if channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__} channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
         self.root, self.image_size, self.channels, self.labels = os.path.expanduser(root), image_size, channels, labels
         self.cache_dir, self.num_val_samples, self.seed = cache_dir, num_val_samples, seed
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lightning_diffusion.data.base import ImageDataModule
 from lightning_diffusion.data.images import CachedImages, square
+from lightning_diffusion.errors import at_least
 
 
 def _decode(batch: dict[str, list], column: str, size: int, channels: int) -> dict[str, list]:
@@ -92,11 +93,10 @@ class HubImageDataModule(ImageDataModule):
             predict_class_labels,
             random_flip,
         )
-        if image_size < 1 or num_val_samples < 0 or channels not in (1, 3):
-            raise ValueError(
-                f"image_size ({image_size}) must be positive, num_val_samples ({num_val_samples}) not negative and "
-                f"channels ({channels}) 1 or 3."
-            )
+        at_least(type(self).__name__, 1, image_size=image_size, num_proc=num_proc)
+        at_least(type(self).__name__, 0, num_val_samples=num_val_samples)
+        if channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__} channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
         if (label_column is None) != (class_names is None):
             raise ValueError(
                 "label_column and class_names go together: give both for a conditional model, neither for an "
@@ -144,7 +144,17 @@ class HubImageDataModule(ImageDataModule):
         import datasets
 
         if not self.local:
-            return datasets.load_dataset(self.dataset, split=self.split, cache_dir=self.hf_cache)
+            try:
+                return datasets.load_dataset(self.dataset, split=self.split, cache_dir=self.hf_cache)
+            except (OSError, datasets.exceptions.DatasetsError) as error:  # ConnectionError, DatasetNotFoundError
+                cause = (str(error).strip().splitlines() or [type(error).__name__])[-1].rstrip(".")
+                raise FileNotFoundError(
+                    f"could not load {self.dataset!r} from the Hugging Face Hub ({cause}) and datasets holds no copy "
+                    f"of it in {self.hf_cache}: run once with internet, or save it where there is internet with "
+                    f"`datasets.load_dataset({self.dataset!r}, split={self.split!r}).save_to_disk(FOLDER)` (or "
+                    f"`huggingface-cli download {self.dataset} --repo-type dataset --local-dir FOLDER`) and set "
+                    "data.init_args.dataset to FOLDER, or to any local folder of parquet files."
+                ) from error
         folder = os.path.expanduser(self.dataset)
         if any(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json")):
             source = datasets.load_from_disk(folder)
@@ -166,7 +176,7 @@ class HubImageDataModule(ImageDataModule):
         missing = [c for c in columns if c not in source.column_names]
         if missing:
             raise ValueError(
-                f"{self.dataset} has no column {', '.join(missing)} (found: {', '.join(source.column_names)}): set "
+                f"{self.dataset} has no {' or '.join(missing)} column (found: {', '.join(source.column_names)}): set "
                 "data.init_args.image_column and label_column to its columns."
             )
         rows = source.select_columns(columns)
@@ -175,6 +185,12 @@ class HubImageDataModule(ImageDataModule):
             rows = rows.filter(
                 lambda labels: [v in wanted for v in labels], input_columns=self.label_column, batched=True
             )
+            if not len(rows):
+                found = sorted(set(source[self.label_column]), key=str)
+                raise ValueError(
+                    f"no row of {self.dataset} has a {self.label_column} in label_map {self.label_map} (found "
+                    f"{found}): map the values it holds."
+                )
         rows = rows.cast_column(self.image_column, datasets.Image(decode=False))
         shape = (self.image_size, self.image_size, self.channels)
         features = {"pixels": datasets.Array3D(shape, "uint8"), "decoded": datasets.Value("bool")}
@@ -188,7 +204,13 @@ class HubImageDataModule(ImageDataModule):
             num_proc=self.num_proc,
             features=datasets.Features(features),
         )
-        return len(rows), decoded.filter(lambda ok: ok, input_columns="decoded")
+        decoded = decoded.filter(lambda ok: ok, input_columns="decoded")
+        if not len(decoded):
+            raise ValueError(
+                f"none of the {len(rows)} images of {self.dataset} could be decoded: its {self.image_column} column "
+                "must hold image files Pillow opens (bytes or paths)."
+            )
+        return (len(source), len(rows)), decoded
 
     def prepare_data(self) -> None:
         self._decoded()  # on one process per node: the download and the decoding land in datasets' cache
@@ -196,7 +218,7 @@ class HubImageDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        total, rows = self._decoded()
+        (total, mapped), rows = self._decoded()
         images = torch.from_numpy(np.asarray(rows.with_format("numpy")["pixels"], dtype=np.uint8))
         labels = torch.zeros(len(images), dtype=torch.long)
         if self.label_column:
@@ -207,8 +229,9 @@ class HubImageDataModule(ImageDataModule):
                     f"{self.label_column} of {self.dataset} holds classes outside [0, {len(self._class_names) - 1}] "
                     "of class_names: give a label_map onto them."
                 )
+        dropped = f"{total - mapped} dropped by label_map, " if self.label_map else ""
         rank_zero_info(
-            f"{self.dataset}: {len(images)} images of {total} rows kept, {total - len(images)} undecodable skipped"
+            f"{self.dataset}: kept {len(images)} images of {total} rows ({dropped}{mapped - len(images)} undecodable)"
         )
         if not self.num_val_samples < len(images):
             raise ValueError(

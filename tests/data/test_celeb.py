@@ -1,16 +1,15 @@
-"""CelebFacesDataModule on a generated local dataset with the real columns: no network, a few dozen tiny images."""
+"""CelebFacesDataModule (HubImageDataModule with tmdb's columns and gender map) on a generated local dataset with the
+real columns: no network, a few dozen tiny images."""
 
 import logging
 from pathlib import Path
 
 import datasets
 import huggingface_hub
-import numpy as np
 import pytest
 import torch
 from helpers.fakes import BRIGHT, DARK, GENDERS, make_dataset, write_parquet
 
-from lightning_diffusion.data import celeb
 from lightning_diffusion.data.celeb import CelebFacesDataModule
 
 
@@ -67,7 +66,7 @@ def test_contract_before_setup():
 
 def test_filter_labels_crop_and_batches(parquet_dir, tmp_path, rank_zero_log):
     dm = make(parquet_dir, tmp_path / "data")
-    assert "kept 24 of 37 rows (genders 1 and 2), skipped 1 undecodable images" in rank_zero_log.text
+    assert "kept 24 images of 37 rows (12 dropped by label_map, 1 undecodable)" in rank_zero_log.text
     assert len(dm.splits["train"]) == 18 and len(dm.splits["val"]) == 6
     x, y = all_rows(dm)
     assert (y == 0).sum() == 12 and (y == 1).sum() == 12  # genders 0 and 3 dropped, the corrupt female skipped
@@ -93,23 +92,23 @@ def test_unlabelled_batches_and_size(parquet_dir, tmp_path):
     assert x.shape == (8, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
 
 
-def test_split_is_deterministic_and_cache_is_reused(parquet_dir, tmp_path, monkeypatch):
+def test_split_is_deterministic_and_the_decoded_cache_is_reused(parquet_dir, tmp_path):
     root = tmp_path / "data"
     first = make(parquet_dir, root)
-    (cache,) = (root / "processed").iterdir()  # one file, no temporary left over
-    assert cache.suffix == ".npz" and str(cache) == first.cache_path and "64px" in cache.name
-    with np.load(cache) as arrays:
-        assert arrays["images"].shape == (24, 64, 64, 3) and arrays["images"].dtype == np.uint8
+    _, decoded = first._decoded()
+    files = sorted(f["filename"] for f in decoded.cache_files)
+    assert files and all(f.startswith(str(root / "raw" / "hf")) for f in files)  # datasets' cache, under root
+    stamps = {f: Path(f).stat().st_mtime_ns for f in files}
 
-    # a new instance, the source gone: the cache alone serves it, nothing is decoded
-    parquet_dir.rename(tmp_path / "moved")
-    monkeypatch.setattr(celeb, "_square", lambda *args: pytest.fail("decoded again despite the cache"))
+    # a new instance with the same options reads datasets' cache back: the same files, none written again
     same = make(parquet_dir, root)
+    assert sorted(f["filename"] for f in same._decoded()[1].cache_files) == files
+    assert {f: Path(f).stat().st_mtime_ns for f in files} == stamps
     assert torch.equal(same.splits["val"].indices, first.splits["val"].indices)
     assert torch.equal(all_rows(same)[0], all_rows(first)[0])
     other = make(parquet_dir, root, seed=1)
     assert not torch.equal(other.splits["val"].indices, first.splits["val"].indices)
-    assert [p.name for p in (root / "processed").iterdir()] == [cache.name]  # the seed does not change the cache
+    assert sorted(f["filename"] for f in other._decoded()[1].cache_files) == files  # the seed is not in the cache
 
 
 def test_save_to_disk_folder(source, tmp_path):
@@ -127,7 +126,7 @@ def test_missing_columns(tmp_path):
 
 def test_nothing_left_after_filtering(tmp_path):
     folder = write_parquet(tmp_path / "unknown", make_dataset([0, 3, 0, 3], corrupt=False))
-    with pytest.raises(ValueError, match=r"gender 1 \(female\) or 2 \(male\) \(found gender values \[0, 3\]\)"):
+    with pytest.raises(ValueError, match=r"no row of .* has a gender in label_map \{1: 0, 2: 1\} \(found \[0, 3\]\)"):
         make(folder, tmp_path / "data")
 
 
@@ -138,9 +137,10 @@ def test_not_a_dataset_folder(tmp_path):
 
 
 def test_offline_hub_id_without_cache(tmp_path):
+    """The one sentence of HubImageDataModule, for every Hub id."""
     with pytest.raises(FileNotFoundError) as error:
         make("nobody/nothing-here", tmp_path / "data")
     message = str(error.value)
-    assert message.startswith("CelebFaces: could not load 'nobody/nothing-here' from the Hugging Face Hub")
+    assert message.startswith("could not load 'nobody/nothing-here' from the Hugging Face Hub")
     assert "run once with internet" in message and "save_to_disk" in message and "parquet" in message
     assert "\n" not in message and message.count(". ") == 0 and message.endswith(".")

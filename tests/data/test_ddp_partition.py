@@ -1,15 +1,18 @@
 """Under 2-process DDP on the CPU (gloo), one epoch shows each training sample once across the ranks: no overlap,
 the same count on both, their union all that drop_last keeps; and the next epoch is shuffled anew."""
 
+import io
 import os
 import struct
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, cpu_overrides
+from helpers.fakes import write_parquet
 from PIL import Image
 
 from lightning_diffusion.data import Toy2DDataModule
@@ -101,3 +104,28 @@ def test_image_folder_epoch_is_partitioned(tmp_path):
     seen = fit_ddp(tmp_path, "folder.yaml", *cpu_overrides(config, tmp_path / "data"), *folder, *unconditional)
     ids = [((seen[rank, 0][:, 0, 0, 0] + 1) * 127.5 / 4).round().long().tolist() for rank in (0, 1)]
     assert_partitioned(ids, per_rank=(60 - 4) // 2, batch_size=8)
+
+
+def write_numbered_faces(folder, n=66):
+    """A tmdb-like parquet: flat PNG image i of value 3 i, gender 1, 2, 0 in turn (the 0s dropped by the map)."""
+    images = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 16), (3 * i,) * 3).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "gender": datasets.Value("int64")})
+    rows = {"image": images, "gender": [(1, 2, 0)[i % 3] for i in range(n)]}
+    return write_parquet(folder, datasets.Dataset.from_dict(rows, features=features))
+
+
+@pytest.mark.parametrize("config", ["hub.yaml", "celeb_cond.yaml"])
+def test_hub_and_celeb_epochs_are_partitioned(tmp_path, config, monkeypatch):
+    """44 faces kept of 66 rows, 8 held out: 18 per rank, 16 of them in batches of 8."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    faces = write_numbered_faces(tmp_path / "faces")
+    overrides = cpu_overrides(REPO / "configs" / config, tmp_path / "data", faces)
+    seen = fit_ddp(tmp_path, config, *overrides, "--trainer.max_epochs", "1")
+    ids = [((seen[rank, 0][:, 0, 0, 0] + 1) * 127.5 / 3).round().long().tolist() for rank in (0, 1)]
+    assert all(i % 3 != 2 for r in ids for i in r)  # gender 0 rows never train
+    assert_partitioned(ids, per_rank=(44 - 8) // 2, batch_size=8)

@@ -53,7 +53,7 @@ def test_unconditional_grayscale_and_bad_columns(tmp_path):
     dm = make(folder, tmp_path / "data", channels=1)
     assert dm.num_classes is None and len(dm.splits["train"][0]) == 1 and dm.splits["train"][0][0].shape == (1, 8, 8)
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == len(GENDERS)
-    with pytest.raises(ValueError, match="has no column photo .*found: image, gender, name"):
+    with pytest.raises(ValueError, match="has no photo column .*found: image, gender, name"):
         make(folder, tmp_path / "data", image_column="photo")
     with pytest.raises(ValueError, match="label_column and class_names go together"):
         HubImageDataModule(dataset=str(folder), label_column="gender")

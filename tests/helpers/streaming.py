@@ -1,0 +1,71 @@
+"""What the streaming tests share: a folder of numbered images (image i's first pixel holds i), its shards, and the
+index of a streamed image back to its number."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lightning_diffusion.data import ImageDataModule, ImageFolderDataModule
+from lightning_diffusion.data.images import CachedImages
+from lightning_diffusion.tools.prepare import prepare
+
+
+def write_numbered_folder(root: Path, n: int = 60, size: int = 16) -> Path:
+    """n PNGs in two classes (a: even i, b: odd i), image i of colour (i % 256, i // 256, 7 (i % 32)) at its first
+    pixel and random elsewhere, so the images differ everywhere and the first pixel names them."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels[0, 0] = (i % 256, i // 256, 7 * (i % 32))
+        folder = root / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return root
+
+
+def folder_module(root: Path, cache: Path, num_val_samples: int = 4, size: int = 16) -> ImageFolderDataModule:
+    data = ImageFolderDataModule(
+        str(root), image_size=size, cache_dir=str(cache), num_val_samples=num_val_samples, random_flip=False
+    )
+    data.prepare_data()
+    data.setup("fit")
+    return data
+
+
+def numbered_shards(tmp_path: Path, n: int = 60, num_val_samples: int = 4, workers: int = 1) -> Path:
+    """The shards of a numbered folder (tmp_path/photos, decoded into tmp_path/cache) in tmp_path/shards."""
+    root = write_numbered_folder(tmp_path / "photos", n)
+    data = folder_module(root, tmp_path / "cache", num_val_samples)
+    return prepare(data, tmp_path / "shards", workers=workers)
+
+
+def numbers(x: torch.Tensor) -> list[int]:
+    """The numbers of a batch of images in model space ([-1, 1]) by their first pixel (flips move it: none here)."""
+    first = ((x[:, :, 0, 0] + 1) * 127.5).round().long()
+    return (first[:, 0] + 256 * first[:, 1]).tolist()
+
+
+class GeneratedImages(ImageDataModule):
+    """n random uint8 RGB images of a side `size`, unlabelled, all for training: a large set without files."""
+
+    def __init__(self, n: int, size: int = 64) -> None:
+        super().__init__(64, 0, False, False, 0, None)
+        self.size = size
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+        empty = torch.zeros(n, dtype=torch.long)
+        self.splits = {"train": CachedImages(images, empty, torch.arange(n), False)}
+        self.splits["val"] = CachedImages(images, empty, torch.arange(0), False)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size)
+
+    @property
+    def data_mean(self) -> list[float]:
+        return [0.5] * 3
+
+    @property
+    def data_std(self) -> list[float]:
+        return [0.5] * 3
