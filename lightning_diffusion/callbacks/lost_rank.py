@@ -24,7 +24,7 @@ def collective_failure(exception: BaseException) -> str | None:
     if not isinstance(exception, (dist.DistError, RuntimeError)):
         return None
     text = str(exception).lower()
-    if isinstance(exception, dist.DistBackendError) or "gloo" in text or "nccl" in text:
+    if isinstance(exception, (dist.DistBackendError, dist.DistStoreError)) or "gloo" in text or "nccl" in text:
         if any(word in text for word in _TIMEOUT):
             return "timeout"
         if any(word in text for word in _LOST) or isinstance(exception, dist.DistNetworkError):
@@ -56,8 +56,11 @@ class LostRank(Callback):
         failure = collective_failure(exception)
         if failure is None or trainer.world_size < 2:
             return
-        if failure == "timeout":
-            waited = f"--collective_timeout ({self.timeout:g} s)" if self.timeout else "the collective timeout"
+        waited = f"--collective_timeout ({self.timeout:g} s)" if self.timeout else "the collective timeout"
+        if failure == "timeout" and isinstance(exception, dist.DistStoreError):  # at the start: the rendezvous
+            what = f"the {trainer.world_size} ranks did not all join the process group within {waited}"
+            check = "check that every rank started (a slow start needs a longer --collective_timeout)"
+        elif failure == "timeout":
             what = f"a collective operation waited longer than {waited} at step {trainer.global_step}"
             check = "a rank hangs or works alone that long (raise --collective_timeout if it must)"
         else:
@@ -65,7 +68,8 @@ class LostRank(Callback):
             check = "check that rank's log (out of memory? a lost node?)"
         checkpoint = newest_saved_checkpoint(trainer)
         saved = f"the newest checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-        exception.one_line = f"{what}: {saved}; {check} and rerun the same command with --ckpt_path last."
+        resume = " with --ckpt_path last" if checkpoint else ""
+        exception.one_line = f"{what}: {saved}; {check} and rerun the same command{resume}."
         self._end_waiting_ranks(trainer)
 
     def _lost_rank(self, trainer: L.Trainer) -> str:

@@ -15,7 +15,7 @@ from helpers.stop_signals import SMALL
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 40
+EPOCHS = 12
 FIT = [
     *("-m", "lightning_diffusion", "fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL),
     *("--data.init_args.batch_size", "32", "--trainer.max_epochs", str(EPOCHS)),  # 16 steps an epoch per rank
@@ -85,11 +85,24 @@ def test_a_killed_rank_ends_the_other_in_one_line_and_the_run_resumes(tmp_path):
 def test_a_hung_rank_ends_the_run_at_the_collective_timeout_in_one_line(tmp_path):
     out, log = tmp_path / "outputs", tmp_path / "log.txt"
     hang = ["--trainer.callbacks+=helpers.hang.Hang", "--trainer.callbacks.init_args.step", "20"]
-    process = start(out, log, "--collective_timeout", "5", *hang)
+    process = start(out, log, "--collective_timeout", "15", *hang)  # also the time rank 1 has to start
     assert finish(process, log, timeout=120) == 1
     lines = error_lines(log)
     assert len(lines) == 1, log.read_text()[-3000:]
-    assert lines[0].startswith("error: a collective operation waited longer than --collective_timeout (5 s) at step"), (
-        lines
-    )
+    assert lines[0].startswith(
+        "error: a collective operation waited longer than --collective_timeout (15 s) at step"
+    ), lines
     assert lines[0].endswith("--ckpt_path last."), lines
+
+
+def test_ranks_that_do_not_all_join_in_time_end_in_one_line(tmp_path):
+    """A rank that starts slower than --collective_timeout (here 0.5 s: importing torch alone takes longer)."""
+    out, log = tmp_path / "outputs", tmp_path / "log.txt"
+    process = start(out, log, "--collective_timeout", "0.5")
+    assert finish(process, log, timeout=120) == 1
+    lines = error_lines(log)
+    assert lines == [
+        "error: the 2 ranks did not all join the process group within --collective_timeout (0.5 s): no checkpoint "
+        "was saved yet; check that every rank started (a slow start needs a longer --collective_timeout) and rerun "
+        "the same command."
+    ], log.read_text()[-3000:]

@@ -2,6 +2,7 @@
 the same count on both, their union all that drop_last keeps; and the next epoch is shuffled anew."""
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -17,39 +18,69 @@ from PIL import Image
 
 from lightning_diffusion.data import Toy2DDataModule
 
-pytestmark = pytest.mark.slow  # two processes per test
+pytestmark = pytest.mark.slow  # two processes
 
 
-def fit_ddp(tmp_path, config, *extra):
-    """Fits `config` on 2 CPU ranks, without validation; returns {(rank, epoch): the x of its training batches}."""
-    args = [
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+
+
+def command(folder, config, *extra):
+    """A fit of `config` on 2 CPU ranks, without validation, recording each rank's training samples in folder/seen."""
+    return [
         "fit",
         "--config",
         str(REPO / "configs" / config),
         *extra,
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.limit_val_batches",
-        "0",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--output_dir",
-        str(tmp_path / "outputs"),
+        *DDP,
+        *("--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"),
+        *("--output_dir", str(folder / "outputs")),
         "--trainer.callbacks+=helpers.sample_record.RecordTrainingSamples",
-        f"--trainer.callbacks.folder={tmp_path / 'seen'}",
+        f"--trainer.callbacks.folder={folder / 'seen'}",
+    ]
+
+
+def seen_in(folder):
+    """{(rank, epoch): the x of its training batches} that a command recorded."""
+    return {(int(f.stem[4]), int(f.stem.rsplit("epoch", 1)[1])): torch.load(f) for f in (folder / "seen").glob("*.pt")}
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory):
+    """Every data module's fit in one DDP launch (tests/helpers/cli_commands.py: the ranks start once, each fit
+    reuses the process group), {name: what its ranks trained on}; the data generated first."""
+    root = tmp_path_factory.mktemp("partition")
+    write_numbered_mnist(root / "data" / "MNIST" / "raw")
+    (root / "photos").mkdir()
+    for i in range(60):  # 60 flat grey images, image i of value 4 i (flips keep it); 4 held out
+        Image.new("RGB", (20, 16), (4 * i,) * 3).save(root / "photos" / f"{i:02d}.png")
+    faces = write_numbered_faces(root / "faces")
+    unconditional = ["--model.guidance_scale", "1.0", "--model.label_dropout", "0.0"]
+    folder = ["--data.init_args.root", str(root / "photos"), "--data.init_args.image_size", "16", *unconditional]
+    runs = {
+        "moons": ("moons.yaml", "--trainer.max_epochs", "2"),
+        "mnist": ("mnist.yaml", *cpu_overrides(REPO / "configs/mnist.yaml", root / "data")),
+        "folder": ("folder.yaml", *cpu_overrides(REPO / "configs/folder.yaml", root / "data"), *folder),
+        **{
+            name: (f"{name}.yaml", *cpu_overrides(REPO / f"configs/{name}.yaml", root / "data", faces))
+            for name in ("hub", "celeb_cond")
+        },
+    }
+    commands = [
+        command(root / name, *args, *(() if name == "moons" else ("--trainer.max_epochs", "1")))
+        for name, args in runs.items()
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_diffusion", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, str(REPO / "tests" / "helpers" / "cli_commands.py"), json.dumps(commands)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {
-        (int(f.stem[4]), int(f.stem.rsplit("epoch", 1)[1])): torch.load(f) for f in (tmp_path / "seen").glob("*.pt")
-    }
+    return {name: seen_in(root / name) for name in runs}
 
 
 def assert_partitioned(ids: list[list[int]], per_rank: int, batch_size: int) -> None:
@@ -61,8 +92,8 @@ def assert_partitioned(ids: list[list[int]], per_rank: int, batch_size: int) -> 
     assert not overlap, f"{len(overlap)} of {kept} samples trained on both ranks"
 
 
-def test_moons_epochs_are_partitioned_and_reshuffled(tmp_path):
-    seen = fit_ddp(tmp_path, "moons.yaml", "--trainer.max_epochs", "2")
+def test_moons_epochs_are_partitioned_and_reshuffled(seen):
+    seen = seen["moons"]
     train = Toy2DDataModule(num_samples=20_000, seed=0)._splits["train"][0]
     index = {tuple(row): i for i, row in enumerate(train.tolist())}
     ids = {key: [index[tuple(row)] for row in x.tolist()] for key, x in seen.items()}
@@ -82,27 +113,16 @@ def write_numbered_mnist(folder, num_train=300, num_test=20):
         (folder / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
 
 
-def test_mnist_epoch_is_partitioned(tmp_path):
-    write_numbered_mnist(tmp_path / "data" / "MNIST" / "raw")
-    config = REPO / "configs" / "mnist.yaml"
-    seen = fit_ddp(tmp_path, "mnist.yaml", *cpu_overrides(config, tmp_path / "data"), "--trainer.max_epochs", "1")
+def test_mnist_epoch_is_partitioned(seen):
     ids = []
     for rank in (0, 1):
-        pixels = ((seen[rank, 0][:, 0, 2, 2:4] + 1) * 127.5).round().long()  # pad_to_32: the image starts at (2, 2)
+        pixels = ((seen["mnist"][rank, 0][:, 0, 2, 2:4] + 1) * 127.5).round().long()  # pad_to_32: from (2, 2)
         ids.append((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
     assert_partitioned(ids, per_rank=(300 - 16) // 2, batch_size=8)
 
 
-def test_image_folder_epoch_is_partitioned(tmp_path):
-    """60 flat grey images, image i of value 4 i (flips keep it); 4 held out."""
-    (tmp_path / "photos").mkdir()
-    for i in range(60):
-        Image.new("RGB", (20, 16), (4 * i,) * 3).save(tmp_path / "photos" / f"{i:02d}.png")
-    config = REPO / "configs" / "folder.yaml"
-    unconditional = ["--model.guidance_scale", "1.0", "--model.label_dropout", "0.0", "--trainer.max_epochs", "1"]
-    folder = ["--data.init_args.root", str(tmp_path / "photos"), "--data.init_args.image_size", "16"]
-    seen = fit_ddp(tmp_path, "folder.yaml", *cpu_overrides(config, tmp_path / "data"), *folder, *unconditional)
-    ids = [((seen[rank, 0][:, 0, 0, 0] + 1) * 127.5 / 4).round().long().tolist() for rank in (0, 1)]
+def test_image_folder_epoch_is_partitioned(seen):
+    ids = [((seen["folder"][rank, 0][:, 0, 0, 0] + 1) * 127.5 / 4).round().long().tolist() for rank in (0, 1)]
     assert_partitioned(ids, per_rank=(60 - 4) // 2, batch_size=8)
 
 
@@ -118,14 +138,9 @@ def write_numbered_faces(folder, n=66):
     return write_parquet(folder, datasets.Dataset.from_dict(rows, features=features))
 
 
-@pytest.mark.parametrize("config", ["hub.yaml", "celeb_cond.yaml"])
-def test_hub_and_celeb_epochs_are_partitioned(tmp_path, config, monkeypatch):
+@pytest.mark.parametrize("name", ["hub", "celeb_cond"])
+def test_hub_and_celeb_epochs_are_partitioned(seen, name):
     """44 faces kept of 66 rows, 8 held out: 18 per rank, 16 of them in batches of 8."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    faces = write_numbered_faces(tmp_path / "faces")
-    overrides = cpu_overrides(REPO / "configs" / config, tmp_path / "data", faces)
-    seen = fit_ddp(tmp_path, config, *overrides, "--trainer.max_epochs", "1")
-    ids = [((seen[rank, 0][:, 0, 0, 0] + 1) * 127.5 / 3).round().long().tolist() for rank in (0, 1)]
+    ids = [((seen[name][rank, 0][:, 0, 0, 0] + 1) * 127.5 / 3).round().long().tolist() for rank in (0, 1)]
     assert all(i % 3 != 2 for r in ids for i in r)  # gender 0 rows never train
     assert_partitioned(ids, per_rank=(44 - 8) // 2, batch_size=8)
