@@ -76,6 +76,7 @@ def assert_one_set_of_artifacts(output: str, experiment):
     return run
 
 
+@pytest.mark.slow  # two processes
 def test_ddp_fit_predict_and_validate_in_one_launch_match_one_device(tmp_path):
     """One launch of 2 CPU processes (gloo) runs fit, then predict and validate on its checkpoint; the same predict
     and validate on one device, in this process, give the same samples and the same sample metrics."""

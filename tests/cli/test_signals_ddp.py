@@ -19,6 +19,7 @@ import lightning_diffusion.callbacks as callbacks
 config = stop_signals.config  # the fixture: configs/moons.yaml
 
 
+@pytest.mark.slow  # two processes
 def test_ddp_sigterm_on_one_rank_stops_both_with_a_checkpoint(tmp_path, config):
     """Two CPU ranks (gloo); the SIGTERM reaches rank 1 only. With Lightning's own handling rank 1 broadcasts from
     inside its signal handler and the job dies of a collective mismatch, without a checkpoint."""
