@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_diffusion.data.base import ImageDataModule, _collate_tuples
 
@@ -70,11 +71,12 @@ class StreamingImageDataModule(ImageDataModule):
     Each split is a ``litdata.StreamingDataset`` built in the dataloader hook, on each rank once the process group
     is up, so that litdata gives every rank and every worker its own part of the chunks (Lightning puts no
     DistributedSampler on it). Training shuffles anew each epoch from ``seed`` and the loader's epoch, and drops
-    the remainder so that every rank gets the same number of batches; validation reads in order (also equal parts
-    per rank). The training loader's ``state_dict`` (where each worker stands in the epoch, the epoch) is saved in
-    Lightning's checkpoints, so a run resumed from the middle of an epoch reads exactly the batches left. Chunks
-    of a remote set are downloaded into ``cache_dir`` and evicted beyond ``max_cache_size``; a batch's memory,
-    not the set's, is held.
+    the remainder so that every rank gets the same number of batches; validation reads in order, in the main
+    process (equal parts per rank, split item by item, so that a small set still reaches every rank). The
+    training loader's ``state_dict`` (where each worker stands in the epoch, the epoch) is saved in Lightning's
+    checkpoints, so a run resumed from the middle of an epoch reads exactly the batches left. Chunks of a remote
+    set are downloaded into ``cache_dir`` and evicted beyond ``max_cache_size``; a batch's memory, not the set's,
+    is held.
 
     Args:
         shards: The folder that ``prepare`` wrote: a local path or an object-store URL (``s3://bucket/set``;
@@ -173,8 +175,15 @@ class StreamingImageDataModule(ImageDataModule):
     def train_dataloader(self) -> litdata.StreamingDataLoader:
         return self._streaming_loader("train", shuffle=True)
 
-    def val_dataloader(self) -> litdata.StreamingDataLoader:
-        return self._streaming_loader("val", shuffle=False)
+    def _evaluation_loader(self) -> DataLoader:
+        # litdata splits a set over the ranks in whole batches of the StreamingDataLoader, so a validation set of
+        # fewer than world_size batches would leave a rank without any (and Lightning stops). Read one item at a
+        # time instead, in the main process: each rank gets an equal part (less under world_size items dropped).
+        dataset = self._dataset("val", shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_collate_tuples, generator=torch.Generator())
 
-    def test_dataloader(self) -> litdata.StreamingDataLoader:
-        return self._streaming_loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()

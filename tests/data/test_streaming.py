@@ -71,3 +71,18 @@ def test_the_prepare_command_and_its_one_sentence_errors(tmp_path, shards, capsy
         assert capsys.readouterr().err.strip().splitlines()[-1] == message
     with pytest.raises(FileNotFoundError, match=r"holds no readable metadata.json .*: point data.init_args.shards"):
         _ = stream(tmp_path / "nothing").sample_shape
+
+
+def test_validation_gives_every_rank_its_part_of_a_small_set(shards, monkeypatch):
+    """litdata splits a set over the ranks in whole batches: 4 validation images in batches of 8 on 2 ranks would
+    leave a rank without a batch (Lightning stops). Each rank reads 2 of them here (ranks faked, no processes)."""
+    from litdata.utilities.env import _DistributedEnv
+
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, rank=rank: cls(2, rank, 1)))
+        loader = stream(shards).val_dataloader()
+        x, _ = all_of(loader)
+        assert len(loader) == 1 and len(x) == 2, (rank, len(loader), len(x))
+        parts.append(numbers(x))
+    assert len(set(parts[0] + parts[1])) == 4
