@@ -76,7 +76,7 @@ class StreamingImageDataModule(ImageDataModule):
     training loader's ``state_dict`` (where each worker stands in the epoch, the epoch) is saved in Lightning's
     checkpoints, so a run resumed from the middle of an epoch reads exactly the batches left. Chunks of a remote
     set are downloaded into ``cache_dir`` and evicted beyond ``max_cache_size``; a batch's memory, not the set's,
-    is held.
+    is held. Shards without a validation split train with ``trainer.limit_val_batches 0`` (one sentence otherwise).
 
     Args:
         shards: The folder that ``prepare`` wrote: a local path or an object-store URL (``s3://bucket/set``;
@@ -141,6 +141,21 @@ class StreamingImageDataModule(ImageDataModule):
     def data_std(self) -> list[float]:
         return self.metadata["data_std"]
 
+    def setup(self, stage: str | None = None) -> None:
+        validating = stage in ("validate", "test") or (
+            stage == "fit" and (self.trainer is None or self.trainer.limit_val_batches != 0)
+        )
+        if validating:
+            self._refuse_a_missing_validation_split()
+
+    def _refuse_a_missing_validation_split(self) -> None:
+        if not self.metadata["num_samples"].get("val"):
+            raise ValueError(
+                f"{self.shards} holds no validation split (prepared with num_val_samples 0): set "
+                "trainer.limit_val_batches 0 to train without validation, or prepare the shards again with "
+                "num_val_samples above 0."
+            )
+
     def _dataset(self, split: str, shuffle: bool) -> litdata.StreamingDataset:
         import litdata
 
@@ -179,6 +194,7 @@ class StreamingImageDataModule(ImageDataModule):
         # litdata splits a set over the ranks in whole batches of the StreamingDataLoader, so a validation set of
         # fewer than world_size batches would leave a rank without any (and Lightning stops). Read one item at a
         # time instead, in the main process: each rank gets an equal part (less under world_size items dropped).
+        self._refuse_a_missing_validation_split()
         dataset = self._dataset("val", shuffle=False)
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_collate_tuples, generator=torch.Generator())
 

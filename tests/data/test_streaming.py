@@ -4,12 +4,14 @@ test_streaming_ddp.py."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from helpers.streaming import folder_module, numbered_shards, numbers, write_numbered_folder
 
 from lightning_diffusion.__main__ import main
 from lightning_diffusion.data import StreamingImageDataModule
+from lightning_diffusion.tools.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,19 @@ def test_validation_gives_every_rank_its_part_of_a_small_set(shards, monkeypatch
         assert len(loader) == 1 and len(x) == 2, (rank, len(loader), len(x))
         parts.append(numbers(x))
     assert len(set(parts[0] + parts[1])) == 4
+
+
+def test_shards_without_a_validation_split_are_one_sentence_unless_validation_is_off(tmp_path):
+    photos = folder_module(write_numbered_folder(tmp_path / "photos", n=8), tmp_path / "cache", num_val_samples=0)
+    data = prepare(photos, tmp_path / "shards")
+    assert sorted(p.name for p in data.iterdir()) == ["metadata.json", "train"]
+    message = rf"^{data} holds no validation split \(prepared with num_val_samples 0\): set trainer.limit_val_batches"
+    for stage, limit in (("fit", 1.0), ("validate", 0), ("test", 0)):
+        module = stream(data)
+        module.trainer = L.Trainer(limit_val_batches=limit, logger=False, enable_checkpointing=False)
+        with pytest.raises(ValueError, match=message):
+            module.setup(stage)
+    module = stream(data)
+    module.trainer = L.Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
+    module.setup("fit")  # training without validation
+    assert len(all_of(module.train_dataloader())[0]) == 8
