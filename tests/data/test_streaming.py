@@ -63,6 +63,7 @@ def test_the_prepare_command_and_its_one_sentence_errors(tmp_path, shards, capsy
     folder = main([*command, "--shards", str(tmp_path / "made"), "--workers", "1"])
     assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "train", "val"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert not (tmp_path / "outputs").exists()  # no run: no run folder, no logger's files
     assert len(stream(folder).train_dataloader()) == 1  # 8 training images in one batch
     for shards_arg, message in (
         (str(shards), f"error: {shards} already exists and is not empty: prepare into a new folder."),
