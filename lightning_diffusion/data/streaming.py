@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
-from functools import cached_property, partial
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from lightning_diffusion.data.base import ImageDataModule, _collate_tuples
+from lightning_diffusion.data.base import ImageDataModule
 
 if TYPE_CHECKING:
     import litdata
@@ -40,10 +41,22 @@ def read_metadata(shards: str, storage_options: dict | None = None) -> dict[str,
         ) from error
 
 
-def to_model_space(item: dict[str, Any], mean: torch.Tensor, std: torch.Tensor, labels: bool) -> tuple:
-    """A stored item ({"image": uint8 HWC, "label"}) -> (x,) or (x, y), x float CHW in model space."""
-    x = (torch.from_numpy(np.asarray(item["image"])).permute(2, 0, 1).float().div(255) - mean) / std
-    return (x, torch.tensor(item["label"], dtype=torch.long)) if labels else (x,)
+class ToModelSpace:
+    """Collates stored items ({"image": uint8 HWC, "label"}) into a batch (x,) or (x, y), x float NCHW in model
+    space: the images stacked as uint8 and converted once per batch rather than one by one, in numpy (one thread:
+    torch's threads in the main process would contend with training for the cores)."""
+
+    def __init__(self, mean: list[float], std: list[float], labels: bool) -> None:
+        self.mean, self.std = (np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
+        self.labels = labels
+
+    def __call__(self, items: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
+        x = np.stack([item["image"] for item in items]).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+        np.divide(x, 255, out=x)
+        np.subtract(x, self.mean, out=x)
+        np.divide(x, self.std, out=x)  # the in-memory sets' (x / 255 - mean) / std, bit for bit
+        x = torch.from_numpy(x)
+        return (x, torch.tensor([item["label"] for item in items], dtype=torch.long)) if self.labels else (x,)
 
 
 def resumable_loader() -> type:
@@ -70,11 +83,12 @@ class StreamingImageDataModule(ImageDataModule):
     Each split is a ``litdata.StreamingDataset`` built in the dataloader hook, on each rank once the process group
     is up, so that litdata gives every rank and every worker its own part of the chunks (Lightning puts no
     DistributedSampler on it). Training shuffles anew each epoch from ``seed`` and the loader's epoch, and drops
-    the remainder so that every rank gets the same number of batches; validation reads in order (also equal parts
-    per rank). The training loader's ``state_dict`` (where each worker stands in the epoch, the epoch) is saved in
-    Lightning's checkpoints, so a run resumed from the middle of an epoch reads exactly the batches left. Chunks
-    of a remote set are downloaded into ``cache_dir`` and evicted beyond ``max_cache_size``; a batch's memory,
-    not the set's, is held.
+    the remainder so that every rank gets the same number of batches; validation reads in order, in the main
+    process (equal parts per rank, split item by item, so that a small set still reaches every rank). The
+    training loader's ``state_dict`` (where each worker stands in the epoch, the epoch) is saved in Lightning's
+    checkpoints, so a run resumed from the middle of an epoch reads exactly the batches left. Chunks of a remote
+    set are downloaded into ``cache_dir`` and evicted beyond ``max_cache_size``; a batch's memory, not the set's,
+    is held. Shards without a validation split train with ``trainer.limit_val_batches 0`` (one sentence otherwise).
 
     Args:
         shards: The folder that ``prepare`` wrote: a local path or an object-store URL (``s3://bucket/set``;
@@ -139,12 +153,25 @@ class StreamingImageDataModule(ImageDataModule):
     def data_std(self) -> list[float]:
         return self.metadata["data_std"]
 
+    def setup(self, stage: str | None = None) -> None:
+        validating = stage in ("validate", "test") or (
+            stage == "fit" and (self.trainer is None or self.trainer.limit_val_batches != 0)
+        )
+        if validating:
+            self._refuse_a_missing_validation_split()
+
+    def _refuse_a_missing_validation_split(self) -> None:
+        if not self.metadata["num_samples"].get("val"):
+            raise ValueError(
+                f"{self.shards} holds no validation split (prepared with num_val_samples 0): set "
+                "trainer.limit_val_batches 0 to train without validation, or prepare the shards again with "
+                "num_val_samples above 0."
+            )
+
     def _dataset(self, split: str, shuffle: bool) -> litdata.StreamingDataset:
         import litdata
 
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        channels = len(self.data_mean)
-        mean, std = (torch.tensor(v, dtype=torch.float32).view(channels, 1, 1) for v in (self.data_mean, self.data_std))
         cache = os.path.join(self.cache_dir, split) if self.cache_dir else None
         return litdata.StreamingDataset(
             f"{self.shards}/{split}",
@@ -154,8 +181,10 @@ class StreamingImageDataModule(ImageDataModule):
             seed=seed,
             max_cache_size=self.max_cache_size,
             storage_options=self.storage_options,
-            transform=partial(to_model_space, mean=mean, std=std, labels=bool(self.class_names)),
         )
+
+    def _collate(self) -> ToModelSpace:
+        return ToModelSpace(self.data_mean, self.data_std, labels=bool(self.class_names))
 
     def _streaming_loader(self, split: str, shuffle: bool) -> litdata.StreamingDataLoader:
         # The loader's own generator: creating its iterator then draws nothing from the global one (exact resume).
@@ -166,15 +195,23 @@ class StreamingImageDataModule(ImageDataModule):
             drop_last=shuffle,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=_collate_tuples,
+            collate_fn=self._collate(),
             generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> litdata.StreamingDataLoader:
         return self._streaming_loader("train", shuffle=True)
 
-    def val_dataloader(self) -> litdata.StreamingDataLoader:
-        return self._streaming_loader("val", shuffle=False)
+    def _evaluation_loader(self) -> DataLoader:
+        # litdata splits a set over the ranks in whole batches of the StreamingDataLoader, so a validation set of
+        # fewer than world_size batches would leave a rank without any (and Lightning stops). Read one item at a
+        # time instead, in the main process: each rank gets an equal part (less under world_size items dropped).
+        self._refuse_a_missing_validation_split()
+        dataset = self._dataset("val", shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, collate_fn=self._collate(), generator=torch.Generator())
 
-    def test_dataloader(self) -> litdata.StreamingDataLoader:
-        return self._streaming_loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()

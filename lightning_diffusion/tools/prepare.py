@@ -127,6 +127,10 @@ class PrepareCLI(DiffusionCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         self.config = parser.parse_args(args)
 
+    def before_instantiate_classes(self) -> None:
+        self.config.trainer.logger = False  # not a run: no loggers, so nothing is written under output_dir
+        super().before_instantiate_classes()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--shards", type=str, required=True, help="The new folder of the shards.")

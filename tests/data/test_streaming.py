@@ -4,12 +4,14 @@ test_streaming_ddp.py."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from helpers.streaming import folder_module, numbered_shards, numbers, write_numbered_folder
 
 from lightning_diffusion.__main__ import main
 from lightning_diffusion.data import StreamingImageDataModule
+from lightning_diffusion.tools.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,7 @@ def test_the_prepare_command_and_its_one_sentence_errors(tmp_path, shards, capsy
     folder = main([*command, "--shards", str(tmp_path / "made"), "--workers", "1"])
     assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "train", "val"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert not (tmp_path / "outputs").exists()  # no run: no run folder, no logger's files
     assert len(stream(folder).train_dataloader()) == 1  # 8 training images in one batch
     for shards_arg, message in (
         (str(shards), f"error: {shards} already exists and is not empty: prepare into a new folder."),
@@ -71,3 +74,34 @@ def test_the_prepare_command_and_its_one_sentence_errors(tmp_path, shards, capsy
         assert capsys.readouterr().err.strip().splitlines()[-1] == message
     with pytest.raises(FileNotFoundError, match=r"holds no readable metadata.json .*: point data.init_args.shards"):
         _ = stream(tmp_path / "nothing").sample_shape
+
+
+def test_validation_gives_every_rank_its_part_of_a_small_set(shards, monkeypatch):
+    """litdata splits a set over the ranks in whole batches: 4 validation images in batches of 8 on 2 ranks would
+    leave a rank without a batch (Lightning stops). Each rank reads 2 of them here (ranks faked, no processes)."""
+    from litdata.utilities.env import _DistributedEnv
+
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, rank=rank: cls(2, rank, 1)))
+        loader = stream(shards).val_dataloader()
+        x, _ = all_of(loader)
+        assert len(loader) == 1 and len(x) == 2, (rank, len(loader), len(x))
+        parts.append(numbers(x))
+    assert len(set(parts[0] + parts[1])) == 4
+
+
+def test_shards_without_a_validation_split_are_one_sentence_unless_validation_is_off(tmp_path):
+    photos = folder_module(write_numbered_folder(tmp_path / "photos", n=8), tmp_path / "cache", num_val_samples=0)
+    data = prepare(photos, tmp_path / "shards")
+    assert sorted(p.name for p in data.iterdir()) == ["metadata.json", "train"]
+    message = rf"^{data} holds no validation split \(prepared with num_val_samples 0\): set trainer.limit_val_batches"
+    for stage, limit in (("fit", 1.0), ("validate", 0), ("test", 0)):
+        module = stream(data)
+        module.trainer = L.Trainer(limit_val_batches=limit, logger=False, enable_checkpointing=False)
+        with pytest.raises(ValueError, match=message):
+            module.setup(stage)
+    module = stream(data)
+    module.trainer = L.Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
+    module.setup("fit")  # training without validation
+    assert len(all_of(module.train_dataloader())[0]) == 8

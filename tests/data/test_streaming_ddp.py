@@ -1,6 +1,6 @@
 """StreamingImageDataModule in training: under 2-process DDP (gloo) one epoch shows every training sample once
 across the ranks, validation runs, a run stopped by SIGTERM in the middle of an epoch resumes bit for bit (one
-process and DDP), and a streaming epoch's peak memory does not grow with the set."""
+process, and DDP with the signal on one rank), and a streaming epoch's peak memory does not grow with the set."""
 
 import os
 import signal
@@ -104,6 +104,35 @@ def test_sigterm_mid_epoch_resumes_bit_for_bit(run_cli, tmp_path, shards, monkey
     assert interrupted["global_step"] == 4
     assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the StreamingDataLoader's state
     run_cli("fit", *args, "--experiment", "resumed", "--ckpt_path", "last")
+    assert_same_weights(
+        load(tmp_path / "outputs/straight/version_0/checkpoints/last.ckpt"),
+        load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt"),
+    )
+
+
+def fit_ddp_run(tmp_path, experiment, *args):
+    """The real CLI on 2 CPU ranks (gloo) in a subprocess; returns its exit code and the end of its stderr."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.enable_progress_bar", "false"]
+    command = [sys.executable, "-m", "lightning_diffusion", "fit", *args, *ddp, "--experiment", experiment]
+    command += ["--output_dir", str(tmp_path / "outputs")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return result.returncode, result.stderr[-3000:]
+
+
+def test_ddp_sigterm_mid_epoch_resumes_bit_for_bit(tmp_path, shards):
+    """4 batches an epoch per rank; SIGTERM reaches rank 1 before step 1, both ranks stop after batch 2 of the first
+    epoch, and the resumed run reads the other half of that epoch's batches: the straight run's weights."""
+    args = small(shards, "--data.init_args.num_workers", "0", "--trainer.max_epochs", "2")
+    code, stderr = fit_ddp_run(tmp_path, "straight", *args)
+    assert code == 0, stderr
+    stop = ["--trainer.callbacks+=helpers.streaming.SigtermOnRank", "--trainer.callbacks.step", "1"]
+    code, stderr = fit_ddp_run(tmp_path, "resumed", *args, *stop)
+    assert code == 143, stderr
+    interrupted = load(tmp_path / "outputs/resumed/version_0/checkpoints/interrupted.ckpt")
+    assert interrupted["global_step"] == 2 and interrupted["epoch"] == 0
+    code, stderr = fit_ddp_run(tmp_path, "resumed", *args, "--ckpt_path", "last")
+    assert code == 0, stderr
     assert_same_weights(
         load(tmp_path / "outputs/straight/version_0/checkpoints/last.ckpt"),
         load(tmp_path / "outputs/resumed/version_1/checkpoints/last.ckpt"),

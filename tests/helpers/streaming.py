@@ -1,10 +1,13 @@
-"""What the streaming tests share: a folder of numbered images (image i's first pixel holds i), its shards, and the
-index of a streamed image back to its number."""
+"""What the streaming tests share: a folder of numbered images (image i's first pixel holds i), its shards, the index
+of a streamed image back to its number, and a SIGTERM to one rank of a DDP run."""
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from lightning_diffusion.data import ImageDataModule, ImageFolderDataModule
@@ -69,3 +72,15 @@ class GeneratedImages(ImageDataModule):
     @property
     def data_std(self) -> list[float]:
         return [0.5] * 3
+
+
+class SigtermOnRank(Callback):
+    """Sends this process SIGTERM before training step `step` on rank `rank` only (a DDP job whose one node is told
+    to stop), for the subprocesses of the DDP resume tests."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
