@@ -15,7 +15,7 @@ from helpers.stop_signals import SMALL
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 12
+EPOCHS = 4
 FIT = [
     *("-m", "lightning_diffusion", "fit", "--config", str(REPO / "configs/moons.yaml"), *SMALL),
     *("--data.init_args.batch_size", "32", "--trainer.max_epochs", str(EPOCHS)),  # 16 steps an epoch per rank

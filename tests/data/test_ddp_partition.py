@@ -44,6 +44,28 @@ def seen_in(folder):
     return {(int(f.stem[4]), int(f.stem.rsplit("epoch", 1)[1])): torch.load(f) for f in (folder / "seen").glob("*.pt")}
 
 
+def run_in_one_launch(commands, timeout=600):
+    """`commands` (CLI argument lists) one after the other in one DDP launch (tests/helpers/cli_commands.py: the
+    ranks start once, each fit reuses the process group), with tests/helpers importable by the ranks."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "helpers" / "cli_commands.py"), json.dumps(commands)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def fit_ddp(tmp_path, config, *extra):
+    """Fits `config` on 2 CPU ranks without validation; returns {(rank, epoch): the x of its training batches}."""
+    run_in_one_launch([command(tmp_path, config, *extra)])
+    return seen_in(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     """Every data module's fit in one DDP launch (tests/helpers/cli_commands.py: the ranks start once, each fit
@@ -69,17 +91,7 @@ def seen(tmp_path_factory):
         command(root / name, *args, *(() if name == "moons" else ("--trainer.max_epochs", "1")))
         for name, args in runs.items()
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "helpers" / "cli_commands.py"), json.dumps(commands)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_one_launch(commands)
     return {name: seen_in(root / name) for name in runs}
 
 
