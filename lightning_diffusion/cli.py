@@ -21,6 +21,7 @@ from lightning_diffusion.callbacks import (
     LossProgressBar,
     LostRank,
     MetricsWriter,
+    RunSummary,
     SampleWriter,
 )
 from lightning_diffusion.checkpoints import check_checkpoint, last_checkpoint, with_atomic_checkpoint_io
@@ -88,9 +89,9 @@ class DiffusionCLI(LightningCLI):
             "--default_callbacks",
             type=bool,
             default=True,
-            help="Add the callbacks every run has (ExactResume, CheckpointOnSignal, MetricsWriter, SampleWriter for "
-            "diffusion models, a ModelCheckpoint of the latest epoch with last.ckpt) unless trainer.callbacks "
-            "already has one of that kind; false adds none.",
+            help="Add the callbacks every run has (ExactResume, CheckpointOnSignal, MetricsWriter, SampleWriter and "
+            "RunSummary for diffusion models, a ModelCheckpoint of the latest epoch with last.ckpt) unless "
+            "trainer.callbacks already has one of that kind; false adds none.",
         )
         parser.add_argument(
             "--collective_timeout",
@@ -193,7 +194,7 @@ class DiffusionCLI(LightningCLI):
         latest = ModelCheckpoint(save_last="link", save_on_train_epoch_end=True)  # every epoch; last.ckpt links to it
         callbacks = [ExactResume(), CheckpointOnSignal(), MetricsWriter(), latest, LostRank(config.collective_timeout)]
         callbacks += [LossProgressBar()] if progress_bar else []  # the loss without a host sync per step
-        return [*callbacks, SampleWriter()] if isinstance(self.model, DiffusionModule) else callbacks
+        return [*callbacks, SampleWriter(), RunSummary()] if isinstance(self.model, DiffusionModule) else callbacks
 
     def _announce(self) -> None:
         config = self.config[self.subcommand]

@@ -8,6 +8,7 @@ from lightning_diffusion.callbacks.resume import ExactResume
 from lightning_diffusion.callbacks.sample_grid import SampleGrid
 from lightning_diffusion.callbacks.sample_plot import SamplePlot
 from lightning_diffusion.callbacks.signals import CheckpointOnSignal
+from lightning_diffusion.callbacks.summary import RunSummary
 from lightning_diffusion.callbacks.trajectory import TrajectoryPlot
 from lightning_diffusion.callbacks.writers import MetricsWriter, SampleWriter
 
@@ -19,6 +20,7 @@ __all__ = [
     "LostRank",
     "MetricsWriter",
     "PostHocEMA",
+    "RunSummary",
     "SampleGrid",
     "SamplePlot",
     "SampleWriter",

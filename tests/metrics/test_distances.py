@@ -121,3 +121,49 @@ def test_exact_samples_score_a_mean_swd_ratio_of_one():
     mean_ratio, standard_error = np.mean(exact), np.std(exact, ddof=1) / np.sqrt(len(exact))
     assert abs(mean_ratio - 1.0) < 2 * standard_error, (mean_ratio, standard_error)
     assert np.mean(shifted) > 1.0 + 4 * standard_error, np.mean(shifted)
+
+
+def test_histogram_chi2_is_scipys_chi2_contingency_on_the_binned_table():
+    import numpy as np
+    from scipy.stats import chi2_contingency
+
+    from lightning_diffusion.metrics.distances import histogram_chi2
+
+    torch.manual_seed(5)
+    x, y = torch.randn(3000, 2), torch.randn(2000, 2) * 1.5 + 0.2  # unequal sizes, and points beyond the grid
+    edges = np.linspace(-4, 4, 81)
+    tables = [np.histogram2d(*np.clip(p.numpy(), -3.999, 3.999).T, bins=[edges, edges])[0].ravel() for p in (x, y)]
+    occupied = tables[0] + tables[1] > 0
+    expected = chi2_contingency(np.stack([t[occupied] for t in tables]), correction=False)[0]
+    assert histogram_chi2(x, y).item() == pytest.approx(expected, rel=1e-5)
+    assert histogram_chi2(x, x).item() == 0.0
+    with pytest.raises(ValueError, match="2D points"):
+        histogram_chi2(torch.randn(10, 3), torch.randn(10, 3))
+
+
+def test_chi2_ratio_reads_one_for_exact_samples_and_far_above_for_the_fitted_gaussian():
+    """The validation's construction at 1,000 samples (moons.yaml's data): exact samples read 1.0 within two floor
+    spreads over six seeds, a Gaussian with the data's mean and covariance more than 3x."""
+    import numpy as np
+
+    from lightning_diffusion.data.toy2d import Toy2DDataModule, draw_toy2d
+    from lightning_diffusion.metrics.distances import distribution_metrics, floor_metrics
+    from lightning_diffusion.metrics.validation import floor_sets
+
+    data = Toy2DDataModule(num_samples=20000, num_val_samples=1000, seed=0)
+    real = data.splits["val"].tensors[0]
+    floors = floor_metrics(real, floor_sets(data, real, None, None))
+    spread = (floors["chi2_floor_std"] / floors["chi2_floor"]).item()
+    mean, std = (s.numpy() for s in data._splits["stats"])
+    exact = []
+    for seed in range(6):
+        points, _ = draw_toy2d("moons", 1000, 0.05, np.random.RandomState([seed, 55]))
+        model = torch.from_numpy((points - mean) / std).float()
+        exact.append(distribution_metrics(model, real, floors=floors)["chi2_ratio"].item())
+    assert spread < 0.15 and abs(np.mean(exact) - 1.0) < 2 * spread / np.sqrt(6), (exact, spread)
+    train = data.splits["train"].tensors[0]
+    gaussian = (
+        train.mean(0)
+        + torch.randn(1000, 2, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(torch.cov(train.T)).T
+    )
+    assert distribution_metrics(gaussian, real, floors=floors)["chi2_ratio"].item() > 3.0

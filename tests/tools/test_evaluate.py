@@ -31,9 +31,15 @@ COLUMNS_2D = [
     "swd_ratio_std",
     "mmd",
     "mmd_std",
+    "chi2",
+    "chi2_std",
+    "chi2_floor",
+    "chi2_ratio",
+    "chi2_ratio_std",
     "mmd_floor",
     "swd_floor_std",
     "mmd_floor_std",
+    "chi2_floor_std",
     "seconds",
 ]
 
@@ -81,7 +87,17 @@ def test_2d_grid_equals_validate_and_counts_network_calls(trained_moons, tmp_pat
     assert columns == COLUMNS_2D and len(rows) == 4
     cell = {(row["sampler"], int(row["steps"])): row for row in rows}
     ddim = cell["DDIMScheduler", 10]
-    for name in ("swd", "swd_floor", "swd_ratio", "mmd", "mmd_floor", "swd_floor_std", "mmd_floor_std"):
+    for name in (
+        "swd",
+        "swd_floor",
+        "swd_ratio",
+        "mmd",
+        "mmd_floor",
+        "swd_floor_std",
+        "mmd_floor_std",
+        "chi2",
+        "chi2_ratio",
+    ):
         assert float(ddim[name]) == pytest.approx(validated[f"val/{name}"], rel=1e-5, abs=1e-7), name
     assert ddim["swd_std"] == "" and ddim["seeds"] == "1" and ddim["samples"] == "500"
     # NFE counts network calls: Heun's method calls the network twice per step but once for the last
