@@ -53,7 +53,9 @@ if __name__ == "__main__":
         extra = []
         if name == "dit" and cli.dit:
             depth, width, heads = (int(v) for v in cli.dit.strip("[]").split(","))
-            extra = [f"--model.denoiser.init_args.{k}={v}" for k, v in zip(("depth", "hidden_size", "num_heads"),
-                                                                            (depth, width, heads), strict=True)]
+            extra = [
+                f"--model.denoiser.init_args.{k}={v}"
+                for k, v in zip(("depth", "hidden_size", "num_heads"), (depth, width, heads), strict=True)
+            ]
         flops, params, seconds = measure(stack, extra)
         print(f"| {name} | {params / 1e6:.2f}M | {flops / 1e9:.3f} | {seconds:.2f} |")
