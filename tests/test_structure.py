@@ -32,6 +32,8 @@ FRAGMENT_BASES = {
     "experiments/exp_003/mnist_edm.yaml": "mnist_cond_edm.yaml",
     "experiments/exp_003/mnist_flow.yaml": "mnist_cond_flow.yaml",
     "experiments/exp_005/mnist_edm.yaml": "mnist_cond_edm.yaml",
+    "experiments/exp_004/unet.yaml": "mnist_cond_flow.yaml",
+    "experiments/exp_004/dit.yaml": "mnist_cond_dit.yaml",
 }
 # The fragments that change what is trained (exp_003's only name the run or shorten it: parsing them is enough)
 TRAINED_FRAGMENTS = sorted(f for f in FRAGMENT_BASES if f.startswith("experiments/") and "/exp_003/" not in f)
