@@ -32,6 +32,8 @@ FRAGMENT_BASES = {
     "experiments/exp_003/mnist_edm.yaml": "mnist_cond_edm.yaml",
     "experiments/exp_003/mnist_flow.yaml": "mnist_cond_flow.yaml",
     "experiments/exp_005/mnist_edm.yaml": "mnist_cond_edm.yaml",
+    "experiments/exp_006/moons_edm.yaml": "moons_edm.yaml",
+    "experiments/exp_006/moons_edm_wide_sigmas.yaml": "moons_edm.yaml",
     "experiments/exp_004/unet.yaml": "mnist_cond_flow.yaml",
     "experiments/exp_004/dit.yaml": "mnist_cond_dit.yaml",
 }
