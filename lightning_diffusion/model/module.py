@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
 from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
-from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
 from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, sample_quality
 from lightning_diffusion.model.batches import Batch, drop_labels, requested, training_samples, unpack
@@ -231,19 +230,7 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.hparams.label_dropout > 0:
             y = drop_labels(y, self.hparams.label_dropout, self.num_classes)
         loss = self.formulation.loss(self.denoiser, x0, y)
-        trainer = attached_trainer(self)
-        if trainer is None:
-            return loss
-        self._losses.update(loss, trainer.global_step)
-        # The host reads the losses (one sync, one collective) only where Lightning logs (after the optimizer step
-        # global_step + 1 of this batch, every log_every_n_steps) and on the epoch's last batch, before any
-        # end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
-        every = trainer.log_every_n_steps
-        logging = every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
-        if logging or batch_idx + 1 >= trainer.num_training_batches:
-            # a float on the host: callbacks.LossProgressBar shows it
-            self.last_train_loss = self._losses.read_finite(self.all_gather, trainer)
-            self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
+        self._losses.log_step(self, loss, batch_idx, x0.shape[0])  # sets last_train_loss where it reads
         return loss
 
     def on_validation_start(self) -> None:
