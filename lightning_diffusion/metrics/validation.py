@@ -102,8 +102,11 @@ def generate(
         noise = torch.randn((n, *module.sample_shape), generator=generator)  # as sample() draws it
         recorder = StepRecorder(keep_steps - start) if start < keep_steps else None
         chunk_labels = None if labels is None else labels[start : start + n]
+        options = getattr(module, "val_sampling", {})  # the metrics' own sampler where one is set
         samples.append(
-            module.sample(n, chunk_labels, generator=generator, callback=recorder, data_space=False, noise=noise)
+            module.sample(
+                n, chunk_labels, generator=generator, callback=recorder, data_space=False, noise=noise, **options
+            )
         )
         noises.append(noise[: max(keep - start, 0)])
         recorders += [recorder] if recorder is not None else []

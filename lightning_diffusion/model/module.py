@@ -23,6 +23,7 @@ from lightning_diffusion.model.batches import Batch, drop_labels, requested, tra
 from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
 from lightning_diffusion.model.guidance import GuidedNet, guide_network
 from lightning_diffusion.model.loss_monitor import LossMonitor
+from lightning_diffusion.model.metric_sampler import metric_sampling
 from lightning_diffusion.model.seeding import seed_rank, seeded
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 
@@ -51,6 +52,9 @@ class DiffusionModule(L.LightningModule):
             ``heun``, ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
         sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
         num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
+        val_sampler: The sampler of the sample metrics only (``null``: ``sampler``, with ``sampler_kwargs``; another
+            runs with its defaults), e.g. a few-step one so that many samples cost little; plots keep ``sampler``.
+        val_num_inference_steps: Its steps (``null``: ``num_inference_steps``).
         guidance_scale: Guidance scale w at sampling (1: the model alone; without a guide, 0: unconditional).
         guidance_interval: ``[sigma_lo, sigma_hi]``: guide only at noise levels sigma in it (Kynkäänniemi et al.
             2024), the model alone elsewhere; sigma as Formulation.noise_level defines it (``null``: everywhere).
@@ -78,7 +82,8 @@ class DiffusionModule(L.LightningModule):
     # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
     call_options: ClassVar[tuple[str, ...]] = (
         *("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "guidance_interval", "guide"),
-        *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size"),
+        *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size", "val_sampler"),
+        "val_num_inference_steps",
     )
 
     def __init__(
@@ -92,6 +97,8 @@ class DiffusionModule(L.LightningModule):
         sampler: str | None = None,
         sampler_kwargs: dict[str, Any] | None = None,
         num_inference_steps: int | None = None,
+        val_sampler: str | None = None,
+        val_num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
         guide: str | None = None,
@@ -124,6 +131,8 @@ class DiffusionModule(L.LightningModule):
         self.num_inference_steps = formulation.default_steps if num_inference_steps is None else num_inference_steps
         options = {**self.hparams, "sample_metrics": sample_metrics}  # the metrics as built
         check_arguments(denoiser, formulation, self.sampler_name, self.num_inference_steps, options)
+        # the sample metrics' options of `sample` where they differ from the model's ({}: the model's, as the plots)
+        self.val_sampling = metric_sampling(formulation, self.sampler_name, self.num_inference_steps, options)
 
         self.denoiser = denoiser
         self.optimizer_fn = SharedFactory(optimizer)
