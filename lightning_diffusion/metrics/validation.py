@@ -21,8 +21,8 @@ from torch import Tensor
 from lightning_diffusion.metrics.distances import distribution_metrics
 
 FLOOR_DRAWS = 8  # independent real sets whose mean distance is the floor (metrics.floor_metrics says why)
-# SWD and MMD compare the first 2,000 points of each set (chi2 all of them): at 20,000 they would cost ~1 s and
-# ~20 s each on 2 CPU cores, nine times per validation, for a spread that hardly shrinks (notes/metrics_2d.md)
+# SWD and MMD compare the first 2,000 points of each set (chi2 all of them): at 20,000 they cost 2.4 s and
+# 20 s each on one CPU thread, nine times per validation, for a spread that hardly shrinks (notes/metrics_2d.md)
 DISTANCE_POINTS = 2000
 
 
