@@ -28,6 +28,7 @@ OUT_OF_RANGE = [
     (module, "guidance_scale", -1.0),
     (module, "val_num_samples", -1),
     (module, "sample_seed", -1),
+    (module, "val_num_inference_steps", 0),
     (vp, "min_snr_gamma", 0.0),
     (EDM, "P_std", 0.0),
     (EDM, "rho", -1.0),

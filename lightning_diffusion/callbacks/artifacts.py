@@ -70,5 +70,8 @@ def should_run(trainer: L.Trainer, every_n_epochs: int) -> bool:
 def reuses_metrics(trainer: L.Trainer, pl_module: L.LightningModule, num_samples: int) -> bool:
     """Whether the sample metrics at the end of each validation generate at least `num_samples` samples on this rank
     (`val_num_samples`): a plot then shows the first of them (the module's `validation_samples`, written by its
-    `on_validation_epoch_end`, which Lightning calls after the callbacks') rather than sampling its own."""
+    `on_validation_epoch_end`, which Lightning calls after the callbacks') rather than sampling its own; not where
+    the metrics sample with their own sampler (`val_sampler`): the plots keep the model's."""
+    if getattr(pl_module, "val_sampling", None):
+        return False
     return getattr(pl_module, "hparams", {}).get("val_num_samples", 0) // trainer.world_size >= num_samples

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_diffusion.checkpoints import newest_saved_checkpoint
+from lightning_diffusion.lightning_private import attached_trainer
 
 
 class LossMonitor:
@@ -53,3 +54,20 @@ class LossMonitor:
                 "prefer bf16-mixed to 16-mixed."
             )
         return mean
+
+    def log_step(self, module: L.LightningModule, loss: Tensor, batch_idx: int, batch_size: int) -> None:
+        """Keeps the `loss` of training batch `batch_idx` and, where it reads, logs `train/loss` and sets
+        `module.last_train_loss` (a float on the host: callbacks.LossProgressBar shows it); nothing off a trainer.
+
+        The host reads the losses (one sync, one collective) only where Lightning logs (after the optimizer step
+        global_step + 1 of this batch, every log_every_n_steps) and on the epoch's last batch, before any
+        end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint."""
+        trainer = attached_trainer(module)
+        if trainer is None:
+            return
+        self.update(loss, trainer.global_step)
+        every = trainer.log_every_n_steps
+        logging = every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+        if logging or batch_idx + 1 >= trainer.num_training_batches:
+            module.last_train_loss = self.read_finite(module.all_gather, trainer)
+            module.log("train/loss", module.last_train_loss, batch_size=batch_size)

@@ -17,13 +17,13 @@ from torch import Tensor, nn
 from lightning_diffusion.checkpoints import check_checkpoint, drop_built_objects
 from lightning_diffusion.formulations import Formulation
 from lightning_diffusion.formulations.ddpm import LossWeighting, PredictionType, StepCallback
-from lightning_diffusion.lightning_private import attached_trainer
 from lightning_diffusion.metrics.features import SampleMetrics
 from lightning_diffusion.metrics.validation import HeldOut, ValidationSamples, sample_quality
 from lightning_diffusion.model.batches import Batch, drop_labels, requested, training_samples, unpack
 from lightning_diffusion.model.checks import check_arguments, check_held_out, resolve_formulation, sample_labels
 from lightning_diffusion.model.guidance import GuidedNet, guide_network
 from lightning_diffusion.model.loss_monitor import LossMonitor
+from lightning_diffusion.model.metric_sampler import metric_sampling
 from lightning_diffusion.model.seeding import seed_rank, seeded
 from lightning_diffusion.optim import SharedFactory, configure_optimizers
 
@@ -52,6 +52,9 @@ class DiffusionModule(L.LightningModule):
             ``heun``, ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
         sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
         num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
+        val_sampler: The sampler of the sample metrics only (``null``: ``sampler``, with ``sampler_kwargs``; another
+            runs with its defaults), e.g. a few-step one so that many samples cost little; plots keep ``sampler``.
+        val_num_inference_steps: Its steps (``null``: ``num_inference_steps``).
         guidance_scale: Guidance scale w at sampling (1: the model alone; without a guide, 0: unconditional).
         guidance_interval: ``[sigma_lo, sigma_hi]``: guide only at noise levels sigma in it (Kynkäänniemi et al.
             2024), the model alone elsewhere; sigma as Formulation.noise_level defines it (``null``: everywhere).
@@ -79,7 +82,8 @@ class DiffusionModule(L.LightningModule):
     # Choices of the call rather than of the trained model: on `--ckpt_path`, the command line keeps them.
     call_options: ClassVar[tuple[str, ...]] = (
         *("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "guidance_interval", "guide"),
-        *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size"),
+        *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size", "val_sampler"),
+        "val_num_inference_steps",
     )
 
     def __init__(
@@ -93,6 +97,8 @@ class DiffusionModule(L.LightningModule):
         sampler: str | None = None,
         sampler_kwargs: dict[str, Any] | None = None,
         num_inference_steps: int | None = None,
+        val_sampler: str | None = None,
+        val_num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
         guide: str | None = None,
@@ -125,6 +131,8 @@ class DiffusionModule(L.LightningModule):
         self.num_inference_steps = formulation.default_steps if num_inference_steps is None else num_inference_steps
         options = {**self.hparams, "sample_metrics": sample_metrics}  # the metrics as built
         check_arguments(denoiser, formulation, self.sampler_name, self.num_inference_steps, options)
+        # the sample metrics' options of `sample` where they differ from the model's ({}: the model's, as the plots)
+        self.val_sampling = metric_sampling(formulation, self.sampler_name, self.num_inference_steps, options)
 
         self.denoiser = denoiser
         self.optimizer_fn = SharedFactory(optimizer)
@@ -231,19 +239,7 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.hparams.label_dropout > 0:
             y = drop_labels(y, self.hparams.label_dropout, self.num_classes)
         loss = self.formulation.loss(self.denoiser, x0, y)
-        trainer = attached_trainer(self)
-        if trainer is None:
-            return loss
-        self._losses.update(loss, trainer.global_step)
-        # The host reads the losses (one sync, one collective) only where Lightning logs (after the optimizer step
-        # global_step + 1 of this batch, every log_every_n_steps) and on the epoch's last batch, before any
-        # end-of-epoch checkpoint: a non-finite loss never reaches a saved checkpoint.
-        every = trainer.log_every_n_steps
-        logging = every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
-        if logging or batch_idx + 1 >= trainer.num_training_batches:
-            # a float on the host: callbacks.LossProgressBar shows it
-            self.last_train_loss = self._losses.read_finite(self.all_gather, trainer)
-            self.log("train/loss", self.last_train_loss, batch_size=x0.shape[0])
+        self._losses.log_step(self, loss, batch_idx, x0.shape[0])  # sets last_train_loss where it reads
         return loss
 
     def on_validation_start(self) -> None:
