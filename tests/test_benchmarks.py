@@ -3,6 +3,7 @@ in benchmarks/, not in timed tests)."""
 
 import importlib.util
 
+import pytest
 from conftest import REPO
 
 
@@ -56,6 +57,13 @@ def test_dataloader_small_mode(tmp_path):
         "| CelebFaces: decode + cache (once," in report and "| CelebFaces: train epoch from the cache | 0 |" in report
     )
     assert "| MNIST: train epoch (120 digits) | 0 |" in report
+
+
+@pytest.mark.slow  # prepare's processes and an epoch in a process of its own: 9 s
+def test_streaming_scale_small_mode():
+    report = load("streaming_scale").main(["--sizes", "128", "--workers", "1", "--chunk_bytes", "1MB", "--notes", ""])
+    (row,) = [line for line in report.splitlines() if line.startswith("| 128 |")]
+    assert len(row.strip("|").split("|")) == 5
 
 
 def test_throughput_small_mode():
