@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 from jsonargparse.typing import PositiveFloat
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_diffusion.callbacks import (
     CheckpointOnSignal,
@@ -31,7 +31,7 @@ from lightning_diffusion.errors import import_class, one_line_errors
 from lightning_diffusion.lightning_private import set_collective_timeout
 from lightning_diffusion.loggers import SaveConfig, WandbLogger
 from lightning_diffusion.model.module import DiffusionModule
-from lightning_diffusion.runs import experiment_name, remove_if_unused, run_dir
+from lightning_diffusion.runs import claim_numbered, experiment_name, remove_if_unused, run_dir
 
 DEFAULT_MODEL = "lightning_diffusion.DiffusionModule"
 
@@ -97,8 +97,7 @@ class DiffusionCLI(LightningCLI):
             "--collective_timeout",
             type=PositiveFloat,
             default=1800.0,
-            help="Seconds a rank waits in a collective (DDP) before the run ends in one line naming the timeout; "
-            "torch's default, long enough for rank 0 to download a data set while the others wait.",
+            help="Seconds a DDP rank waits in a collective before the run ends in one line (torch's default).",
         )
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
         # What the model must agree with comes from the data, never typed twice; the model passes the shape and
@@ -160,9 +159,12 @@ class DiffusionCLI(LightningCLI):
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         loggers = [logger for logger in loggers if isinstance(logger, Namespace) and _name(logger) != "CSVLogger"]
         csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        claim = self.subcommand and rank_zero_only.rank == 0  # a run (not a tool's model) claims its own version
+        self._run_folder = claim_numbered(root, "version_{}") if claim else None
         for logger in [csv, *loggers]:  # also when a saved config is reused with another output_dir
             if _name(logger) in ("CSVLogger", "TensorBoardLogger"):
                 logger.init_args.save_dir, logger.init_args.name = config.output_dir, config.experiment
+                logger.init_args.version = self._run_folder and int(self._run_folder.name[8:])
             elif _name(logger) == "WandbLogger":
                 logger.init_args.save_dir = str(root)
                 logger.init_args.group = logger.init_args.get("group") or config.experiment
@@ -210,7 +212,7 @@ class DiffusionCLI(LightningCLI):
     def _remove_unused_run_folder(self) -> None:
         """After a failed run (on rank zero): its version folder, if it holds nothing but its config."""
         trainer = getattr(self, "trainer", None)
-        if self._run_folder is not None and trainer is not None and trainer.is_global_zero:
+        if self._run_folder is not None and (trainer is None or trainer.is_global_zero):
             remove_if_unused(self._run_folder, getattr(self, "_new_root", None))
 
     def _prepare_sample_metrics(self) -> None:

@@ -141,6 +141,18 @@ def next_numbered(folder: Path, pattern: str, first: int = 0) -> Path:
     return Path(folder) / pattern.format(max(numbered(folder, pattern), default=first - 1) + 1)
 
 
+def claim_numbered(folder: Path, pattern: str) -> Path:
+    """`next_numbered(folder, pattern)`, made here: when another process made that folder first the claim moves on to
+    the next number, so that runs started at the same moment never share a version folder."""
+    while True:
+        path = next_numbered(folder, pattern)
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+
+
 def free_path(path: Path) -> Path:
     """`path`, or if it exists `<stem>-N<suffix>` numbered by `next_numbered` from 1: nothing is overwritten."""
     path = Path(path)

@@ -93,3 +93,21 @@ def test_the_checkpoints_a_path_names(tmp_path):
     assert checkpoints_in(best) == [best] and checkpoints_in(root / "nothing.ckpt") == []
     assert checkpoints_in(root) == resumable_checkpoints(root)
     assert checkpoint_named(best) == best  # one candidate is given as it is, to be read (and refused) by its user
+
+
+def test_a_version_folder_another_run_made_first_moves_the_claim_on(tmp_path, monkeypatch):
+    """Two runs that count the versions at the same moment: the one whose mkdir comes second takes the next number."""
+    from lightning_diffusion import runs
+
+    real = runs.next_numbered
+
+    def raced(folder, pattern, first=0):  # another run makes the folder between our count and our mkdir
+        path = real(folder, pattern, first)
+        if path.name == "version_0" and not path.exists():
+            path.mkdir(parents=True)
+            return path
+        return path
+
+    monkeypatch.setattr(runs, "next_numbered", raced)
+    assert runs.claim_numbered(tmp_path / "moons", "version_{}").name == "version_1"
+    assert sorted(p.name for p in (tmp_path / "moons").iterdir()) == ["version_0", "version_1"]

@@ -169,7 +169,7 @@ COMMAND_LINE = [
         "an output folder that cannot be made",
         [*FIT, "--output_dir", "a_file/out"],
         2,
-        ("a_file/out: not a directory", "--output_dir"),
+        ("a_file/out/moons/version_0: not a directory", "--output_dir"),
     ),
 ]
 
