@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import REPO
 from helpers.checkpoints import load
-from helpers.streaming import GeneratedImages, numbered_shards, numbers
+from helpers.streaming import numbered_shards, numbers
 from lightning.pytorch.callbacks import Callback
+from streaming_scale import EPOCH, Generated
 from test_ddp_partition import assert_partitioned, fit_ddp
 
 import lightning_diffusion.callbacks as callbacks
@@ -141,26 +142,16 @@ def test_ddp_sigterm_mid_epoch_resumes_bit_for_bit(tmp_path, shards):
 
 # The peak of this process's own memory: /proc's VmHWM, reset by exec (getrusage's ru_maxrss is not: a child keeps the
 # peak of the process it was forked from, here pytest's, which held the generated set).
-PEAK_RSS = """
-import sys
-from lightning_diffusion.data import StreamingImageDataModule
-
-data = StreamingImageDataModule(sys.argv[1], batch_size=64, random_flip=False, cache_dir=None)
-n = sum(len(x) for x, *_ in data.train_dataloader())
-status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-print(n, int(status["VmHWM"].split()[0]))
-"""
-
-
 def test_peak_memory_of_an_epoch_does_not_grow_with_the_set(tmp_path):
     """The same epoch over 1,000 and 10,000 64x64 RGB images (12 MB and 123 MB of pixels) in chunks of 4 MB: peak
     RSS within 10% (litdata holds a few chunks, not the set)."""
     peaks = {}
     for n in (1_000, 10_000):
-        shards = prepare(GeneratedImages(n), tmp_path / str(n), workers=2, chunk_bytes="4MB")
-        result = subprocess.run([sys.executable, "-c", PEAK_RSS, str(shards)], capture_output=True, text=True, cwd=REPO)
+        shards = prepare(Generated(n), tmp_path / str(n), workers=2, chunk_bytes="4MB")
+        result = subprocess.run([sys.executable, "-c", EPOCH, str(shards)], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stderr[-2000:]
-        count, peak = map(int, result.stdout.split())
+        count, _, peak = result.stdout.split()  # images, seconds, peak RSS (kB): benchmarks/streaming_scale.py
+        count, peak = int(count), int(peak)
         assert count == n // 64 * 64
         peaks[n] = peak
     growth = peaks[10_000] / peaks[1_000] - 1

@@ -10,8 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from lightning_diffusion.data import ImageDataModule, ImageFolderDataModule
-from lightning_diffusion.data.images import CachedImages
+from lightning_diffusion.data import ImageFolderDataModule
 from lightning_diffusion.tools.prepare import prepare
 
 
@@ -48,30 +47,6 @@ def numbers(x: torch.Tensor) -> list[int]:
     """The numbers of a batch of images in model space ([-1, 1]) by their first pixel (flips move it: none here)."""
     first = ((x[:, :, 0, 0] + 1) * 127.5).round().long()
     return (first[:, 0] + 256 * first[:, 1]).tolist()
-
-
-class GeneratedImages(ImageDataModule):
-    """n random uint8 RGB images of a side `size`, unlabelled, all for training: a large set without files."""
-
-    def __init__(self, n: int, size: int = 64) -> None:
-        super().__init__(64, 0, False, False, 0, None)
-        self.size = size
-        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
-        empty = torch.zeros(n, dtype=torch.long)
-        self.splits = {"train": CachedImages(images, empty, torch.arange(n), False)}
-        self.splits["val"] = CachedImages(images, empty, torch.arange(0), False)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return (3, self.size, self.size)
-
-    @property
-    def data_mean(self) -> list[float]:
-        return [0.5] * 3
-
-    @property
-    def data_std(self) -> list[float]:
-        return [0.5] * 3
 
 
 class SigtermOnRank(Callback):
