@@ -89,7 +89,10 @@ def build_sampler(
     # A schedule built without some option records it as "defaulted", and from_config would give the sampler its
     # own default instead (Heun and KDPM2 have other betas than DDPM): every value of the schedule is meant.
     config = {k: v for k, v in dict(schedule_config).items() if k != "_use_default_values"}
-    scheduler = cls.from_config(config, **{**kwargs, **overrides, "prediction_type": prediction_type})
+    try:
+        scheduler = cls.from_config(config, **{**kwargs, **overrides, "prediction_type": prediction_type})
+    except (NotImplementedError, ValueError) as error:  # a value the sampler refuses, e.g. an unknown algorithm_type
+        raise ValueError(f"{name} cannot be built with {overrides}: {error}") from None
     step_parameters = inspect.signature(scheduler.step).parameters
     step_kwargs = {}
     if "use_clipped_model_output" in step_parameters and (

@@ -52,9 +52,10 @@ class DiffusionModule(L.LightningModule):
             ``heun``, ``midpoint``, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler.
         sampler_kwargs: Options of the sampler, e.g. ``{timestep_spacing: trailing}`` or ``{S_churn: 40}``.
         num_inference_steps: Sampling steps (``null``: the formulation's default, VP 1000, EDM 18, flow 50).
-        val_sampler: The sampler of the sample metrics only (``null``: ``sampler``, with ``sampler_kwargs``; another
-            runs with its defaults), e.g. a few-step one so that many samples cost little; plots keep ``sampler``.
+        val_sampler: The sampler of the sample metrics only (``null``: ``sampler``), e.g. a few-step one so that many
+            samples cost little; plots keep ``sampler``.
         val_num_inference_steps: Its steps (``null``: ``num_inference_steps``).
+        val_sampler_kwargs: Its options (``null``: ``sampler_kwargs`` for ``sampler``, else the defaults).
         guidance_scale: Guidance scale w at sampling (1: the model alone; without a guide, 0: unconditional).
         guidance_interval: ``[sigma_lo, sigma_hi]``: guide only at noise levels sigma in it (Kynkäänniemi et al.
             2024), the model alone elsewhere; sigma as Formulation.noise_level defines it (``null``: everywhere).
@@ -83,7 +84,7 @@ class DiffusionModule(L.LightningModule):
     call_options: ClassVar[tuple[str, ...]] = (
         *("sampler", "sampler_kwargs", "num_inference_steps", "guidance_scale", "guidance_interval", "guide"),
         *("sample_seed", "val_num_samples", "sample_metrics", "sample_batch_size", "val_sampler"),
-        "val_num_inference_steps",
+        *("val_num_inference_steps", "val_sampler_kwargs"),
     )
 
     def __init__(
@@ -99,6 +100,7 @@ class DiffusionModule(L.LightningModule):
         num_inference_steps: int | None = None,
         val_sampler: str | None = None,
         val_num_inference_steps: int | None = None,
+        val_sampler_kwargs: dict[str, Any] | None = None,
         guidance_scale: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
         guide: str | None = None,

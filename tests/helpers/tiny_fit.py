@@ -34,3 +34,16 @@ def tiny_fit(callbacks, max_epochs=1, log_every_n_steps=10, num_batches=40, **mo
     )
     trainer.fit(model, data)
     return trainer, model
+
+
+def make_module(**kwargs) -> DiffusionModule:
+    """A small VP module over SCHEDULER for 2D points (MLP 32 x 1), with `kwargs` as DiffusionModule options."""
+    num_classes = kwargs.pop("num_classes", None)
+    return DiffusionModule(
+        denoiser=MLPDenoiser(num_classes=num_classes, hidden_dim=32, num_blocks=1),
+        scheduler=SCHEDULER,
+        num_classes=num_classes,
+        data_mean=[1.0, -2.0],
+        data_std=[2.0, 0.5],
+        **kwargs,
+    )

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from helpers.fakes import PointMassOracle
+from helpers.tiny_fit import SCHEDULER, make_module
 from matplotlib.figure import Figure
 
 from lightning_diffusion import DiffusionModule
@@ -14,8 +15,6 @@ from lightning_diffusion.formulations import VP
 from lightning_diffusion.formulations import ddpm as diffusion
 from lightning_diffusion.model.checks import sample_labels
 from lightning_diffusion.plotting import scatter_figure, trajectory_figure
-
-SCHEDULER = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
@@ -40,18 +39,6 @@ def test_loss_is_zero_for_the_exact_target(prediction_type, weighting):
     w = diffusion.loss_weight(alpha_bar.flatten(), prediction_type, weighting, 5.0)
     expected = (w * target.pow(2).mean(1)).mean()
     assert diffusion.diffusion_loss(Zero(), x0, *args, t=t, eps=eps).item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def make_module(**kwargs):
-    num_classes = kwargs.pop("num_classes", None)
-    return DiffusionModule(
-        denoiser=MLPDenoiser(num_classes=num_classes, hidden_dim=32, num_blocks=1),
-        scheduler=SCHEDULER,
-        num_classes=num_classes,
-        data_mean=[1.0, -2.0],
-        data_std=[2.0, 0.5],
-        **kwargs,
-    )
 
 
 def test_sample_maps_to_data_space_and_is_reproducible():
@@ -249,39 +236,3 @@ def test_clip_carry_over_is_overridable():
     assert not clipped.formulation.make_sampler(
         "DPMSolverMultistepScheduler", {"thresholding": False}, image_like=True
     ).scheduler.config.thresholding
-
-
-def test_the_sample_metrics_use_val_sampler_and_its_steps_and_the_plots_the_models(tmp_path, monkeypatch):
-    import lightning as L
-
-    from lightning_diffusion.callbacks import SamplePlot, TrajectoryPlot
-    from lightning_diffusion.data import Toy2DDataModule
-
-    calls = []  # (points, sampler, steps) of every sample() call
-    sample = DiffusionModule.sample
-    monkeypatch.setattr(
-        DiffusionModule,
-        "sample",
-        lambda self, n, *a, **kw: (
-            calls.append((n, kw.get("sampler"), kw.get("num_inference_steps"))) or sample(self, n, *a, **kw)
-        ),
-    )
-    model = make_module(
-        num_inference_steps=7, val_num_samples=40, val_sampler="DDIMScheduler", val_num_inference_steps=3
-    )
-    plots = [SamplePlot(num_samples=16), TrajectoryPlot(num_points=16, timestep_stride=500)]
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path, callbacks=plots)  # fmt: skip
-    trainer.fit(model, Toy2DDataModule(num_samples=64, num_val_samples=80, batch_size=64))
-    assert (40, "DDIMScheduler", 3) in calls  # the metrics: 40 points, the val sampler
-    assert sorted(calls) == [(16, None, None), (16, None, None), (40, "DDIMScheduler", 3)]  # the plots: the model's
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
-
-
-def test_val_sampler_options_are_range_checked_naming_themselves():
-    with pytest.raises(ValueError, match="val_num_inference_steps must be at least 1"):
-        make_module(val_num_inference_steps=0)
-    with pytest.raises(ValueError, match="val_sampler='nope'"):
-        make_module(val_sampler="nope")
-    assert make_module(num_inference_steps=5, val_num_inference_steps=5).val_sampling == {}  # the model's: shared
