@@ -34,6 +34,8 @@ FRAGMENT_BASES = {
     "experiments/exp_005/mnist_edm.yaml": "mnist_cond_edm.yaml",
     "experiments/exp_006/moons_edm.yaml": "moons_edm.yaml",
     "experiments/exp_006/moons_edm_wide_sigmas.yaml": "moons_edm.yaml",
+    "experiments/exp_006/moons_edm_p_mean_low.yaml": "moons_edm.yaml",
+    "experiments/exp_006/moons_edm_p_mean_high.yaml": "moons_edm.yaml",
     "experiments/exp_004/unet.yaml": "mnist_cond_flow.yaml",
     "experiments/exp_004/dit.yaml": "mnist_cond_dit.yaml",
 }

@@ -24,7 +24,14 @@ TINY = [
         "--model.num_inference_steps",
         "5",
     ),
-    *("--data.init_args.num_samples", "1000", "--data.init_args.num_val_samples", "512"),
+    *(
+        "--data.init_args.num_samples",
+        "1000",
+        "--data.init_args.num_val_samples",
+        "512",
+        "--data.init_args.batch_size",
+        "256",
+    ),
 ]
 
 

@@ -10,6 +10,8 @@ MOONS = str(REPO / "configs" / "moons.yaml")
 TINY = [
     "--data.init_args.num_samples",
     "512",
+    "--data.init_args.batch_size",
+    "256",
     "--data.init_args.num_val_samples",
     "256",
     "--model.val_num_samples",

@@ -173,11 +173,12 @@ def table(root: Path, words: list[str] | None = None) -> str:
         line = lines[0] if len(lines) == 1 else f"{len(lines)} such lines"
         if "Traceback" in result.stderr:
             line = f"a traceback, ending {line}" if case.table_only else f"{line} (and a traceback)"
-        args = case.args
+        args, sizes = case.args, []
         for _config, small in SMALL.items():
             if args[-len(small) :] == small:
-                args = [*args[: -len(small)], "(+ CPU test sizes)"]
-        command = " ".join(f"'{a}'" if "{" in a or " " in a else a for a in ["python -m lightning_diffusion", *args])
+                args, sizes = args[: -len(small)], ["(+ CPU test sizes)"]
+        quoted = [f"'{a}'" if "{" in a or " " in a else a for a in args]
+        command = " ".join(["python -m lightning_diffusion", *quoted, *sizes])
         prefix = "".join(f"{name}={value} " for name, value in case.env.items() if name.startswith("LIGHTNING"))
         shown = line.replace(f"{root}/", "").replace(f"{REPO}/", "").replace(str(Path(sys.executable).parent), "…")
         new = written(before, snapshot(root))

@@ -21,6 +21,8 @@ from lightning_diffusion.denoisers import MLPDenoiser
 SMALL_2D = [
     "--data.init_args.num_samples",
     "2048",
+    "--data.init_args.batch_size",
+    "256",
     "--data.init_args.num_val_samples",
     "256",
     "--model.val_num_samples",

@@ -131,6 +131,8 @@ def test_a_stop_signal_ends_predict_with_nothing_written(tmp_path, config, train
         str(trained),
         "--data.init_args.predict_num_samples",
         "1024",
+        "--data.init_args.batch_size",
+        "256",
         "--model.num_inference_steps",
         "10",
         *send(signal_name, "predict", 1),

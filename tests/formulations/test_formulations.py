@@ -152,6 +152,8 @@ def test_validate_records_the_sampler_the_formulation_chose(tmp_path):
         "512",
         "--data.init_args.num_val_samples",
         "256",
+        "--data.init_args.batch_size",
+        "256",
         "--model.val_num_samples",
         "64",
     ]

@@ -138,7 +138,7 @@ COMMAND_LINE = [
         "data that gives no training batch",
         [*FIT, "--data.init_args.num_samples", "100"],
         2,
-        ("The training data gives no batch: 100 samples and batch_size 256",),
+        ("The training data gives no batch: 100 samples and batch_size 1024",),
     ),
     Case(
         "predict of no samples",

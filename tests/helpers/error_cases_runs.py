@@ -60,7 +60,7 @@ DURING_THE_RUN = [
     ),
     Case(
         "val_num_samples above half the held-out data",
-        [*FIT, "--model.val_num_samples", "5000"],
+        [*FIT, "--model.val_num_samples", "25000"],
         2,
         ("val_num_samples",),
     ),

@@ -14,6 +14,8 @@ STEPS_PER_EPOCH = 4  # 1024 samples in batches of 256
 SMALL = [
     "--data.init_args.num_samples",
     "1024",
+    "--data.init_args.batch_size",
+    "256",
     "--data.init_args.num_val_samples",
     "512",  # 2 validation batches
     "--model.val_num_samples",
