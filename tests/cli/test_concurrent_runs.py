@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def test_three_fits_started_at_once_get_three_version_folders(tmp_path):
     fit = [sys.executable, "-m", "lightning_diffusion", "fit", "--config", str(REPO / "configs/moons.yaml")]
-    fit += ["--trainer.max_epochs", "1", "--data.init_args.num_samples", "1024", "--output_dir", str(tmp_path)]
+    fit += ["--trainer.max_epochs", "1", "--data.init_args.num_samples", "1024", "--data.init_args.batch_size", "256"]
+    fit += ["--output_dir", str(tmp_path)]
     seeds = ["1", "2", "3"]
     started = [
         subprocess.Popen([*fit, "--seed_everything", seed], cwd=REPO, stderr=subprocess.PIPE, text=True, env=os.environ)

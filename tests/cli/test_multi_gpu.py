@@ -95,6 +95,8 @@ def test_ddp_ranks_draw_their_own_noise_and_resume_exactly(tmp_path):
         str(REPO / "configs/moons.yaml"),
         "--data.init_args.num_samples",
         "1024",
+        "--data.init_args.batch_size",
+        "256",
         "--data.init_args.num_val_samples",
         "256",
         "--model.val_num_samples",

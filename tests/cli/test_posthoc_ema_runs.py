@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # three fits, one stopped by SIGTERM and resumed:
 MOONS = str(REPO / "configs" / "moons.yaml")
 SMALL = [  # 4 steps an epoch, validation every epoch (where the SIGTERM comes)
     *("--data.init_args.num_samples", "1024", "--data.init_args.num_val_samples", "512"),
+    *("--data.init_args.batch_size", "256"),
     *("--model.val_num_samples", "64", "--model.num_inference_steps", "10"),
     *("--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1", "--trainer.max_epochs", "4"),
     "--trainer.callbacks+=lightning_diffusion.callbacks.PostHocEMA",

@@ -110,7 +110,7 @@ def test_moons_epochs_are_partitioned_and_reshuffled(seen):
     index = {tuple(row): i for i, row in enumerate(train.tolist())}
     ids = {key: [index[tuple(row)] for row in x.tolist()] for key, x in seen.items()}
     for epoch in (0, 1):
-        assert_partitioned([ids[0, epoch], ids[1, epoch]], per_rank=10_000, batch_size=256)
+        assert_partitioned([ids[0, epoch], ids[1, epoch]], per_rank=10_000, batch_size=1024)  # moons.yaml as shipped
     assert ids[0, 0] != ids[0, 1], "the second epoch repeated the first one's order"
 
 

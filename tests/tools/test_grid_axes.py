@@ -16,6 +16,7 @@ from lightning_diffusion.tools.grid import Cell, cell_key, grid_cells
 MOONS = str(REPO / "configs" / "moons.yaml")
 TINY = [
     *("--data.init_args.num_samples", "512", "--data.init_args.num_val_samples", "256", "--model.val_num_samples", "0"),
+    *("--data.init_args.batch_size", "256"),
     *("--trainer.callbacks", "[lightning_diffusion.callbacks.PostHocEMA]", "--trainer.enable_progress_bar", "false"),
     "--trainer.callbacks.snapshot_every_n_steps",
     "2",
