@@ -1,6 +1,6 @@
 """Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023) in the notation of Esser et al. 2024 (SD3):
 x_t = (1 - t) x0 + t eps for t in [0, 1], the network predicts the velocity v = eps - x0, and sampling integrates
-dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data)."""
+dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data), or sampling DDPM's posterior on the same path (`ancestral`)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,44 @@ def ode_sampler(
     return x
 
 
+def ancestral_sampler(
+    velocity: Callable[[Tensor, float], Tensor],
+    noise: Tensor,
+    times: list[float],
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2) on the straight path, in DDIM's form (Song et al.
+    2021, eq. 12 and 16) for x_t = a_t x0 + sigma_t eps with a_t = 1 - t, sigma_t = t: from x0^ = x_t - t v and
+    eps^ = x_t + (1 - t) v, each step to s < t draws
+
+        x_s = (1 - s) x0^ + sqrt(s^2 - c^2) eps^ + c z,   c = eta s sqrt(1 - ((1 - t) s / ((1 - s) t))^2),
+
+    where c at eta = 1 is the standard deviation of the posterior q(x_s | x_t, x0); eta = 0 is Euler's step
+    x_t + (s - t) v. One network evaluation per step; the last step, to s = 0, returns x0^."""
+    x = noise.float()
+    for i, (t, s) in enumerate(zip(times[:-1], times[1:], strict=False)):
+        v = velocity(x, t)
+        x0, eps = x - t * v, x + (1 - t) * v
+        c = eta * s * max(1 - ((1 - t) * s / ((1 - s) * t)) ** 2, 0.0) ** 0.5
+        x = (1 - s) * x0 + (s**2 - c**2) ** 0.5 * eps
+        if c > 0:
+            x = x + c * torch.randn(x.shape, generator=generator).to(x.device)
+        if callback is not None:
+            callback(i, torch.tensor(s), x, x0)
+    return x
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ancestral:
+    """Options of the `ancestral` sampler: eta (`ancestral_sampler`; 1: DDPM's posterior, 0: Euler's step) and the
+    shift of its time grid (`time_grid`; by default the formulation's)."""
+
+    eta: float = 1.0
+    shift: float | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TimeShift:
     """Options of the `euler`, `heun` and `midpoint` samplers: the shift of their time grid (`time_grid`; 1: uniform
@@ -72,7 +110,7 @@ class FlowMatching(Formulation):
         shift: Default time shift of the samplers (``sampler_kwargs: {shift: ...}`` overrides it per call).
     """
 
-    own_samplers = {"euler": TimeShift, "heun": TimeShift, "midpoint": TimeShift}
+    own_samplers = {"euler": TimeShift, "heun": TimeShift, "midpoint": TimeShift, "ancestral": Ancestral}
     diffusers_samplers = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
     default_sampler = "euler"
     default_steps = 50
@@ -129,12 +167,14 @@ class FlowMatching(Formulation):
         image_like: bool = False,
     ) -> Tensor:
         if sampler in self.own_samplers:
-            shift = TimeShift(**sampler_kwargs).shift
-            times = time_grid(num_inference_steps, float(self.shift if shift is None else shift))
+            options = self.own_samplers[sampler](**sampler_kwargs)
+            times = time_grid(num_inference_steps, float(self.shift if options.shift is None else options.shift))
 
             def velocity(x: Tensor, t: float) -> Tensor:
                 return net(x, x.new_full((x.shape[0],), NETWORK_TIME * t)).float()
 
+            if sampler == "ancestral":
+                return ancestral_sampler(velocity, noise, times, options.eta, generator, callback)
             return ode_sampler(velocity, noise, times, sampler, callback)
         made = self.diffusers_sampler(sampler, sampler_kwargs, image_like)
 
