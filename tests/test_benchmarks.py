@@ -37,6 +37,15 @@ def test_syncs_small_mode():
     assert other == "0" and int(logging) > 0 and last == "-"
 
 
+def test_hand_loop_2d_small_mode():
+    report = load("hand_loop_2d").main(["--seconds", "0.5", "--seeds", "2", "--num_samples", "400", "--notes", ""])
+    rows = [line for line in report.splitlines() if line.startswith("| DDPM 1000 |") or line.startswith("| DPM-Solver")]
+    assert len(rows) == 2 and "400 samples" in report
+    for row in rows:  # two ratios with their spread over the seeds, each above 0
+        ratios = [float(cell.split(" ± ")[0]) for cell in row.strip("|").split("|")[1:]]
+        assert len(ratios) == 2 and all(r > 0 for r in ratios)
+
+
 def test_dataloader_small_mode(tmp_path):
     report = load("dataloader").main(
         [

@@ -166,6 +166,8 @@ def test_validate_records_the_sampler_the_formulation_chose(tmp_path):
             "null",
             "--model.num_inference_steps",
             "null",
+            "--model.sampler_kwargs",
+            "{}",
             "--trainer.max_epochs",
             "1",
             "--trainer.limit_train_batches",

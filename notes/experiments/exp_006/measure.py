@@ -1,6 +1,7 @@
-"""exp_006: an EDM moons model sampled with Heun at several steps and several sigma_max, scored by the binned
-chi-square (metrics.distances.histogram_chi2) of 20,000 samples against independent draws of the data, as a ratio
-to the floor (exact draws against the same reference), mean and standard deviation over seeds.
+"""exp_006: an EDM moons model sampled with Heun (Algorithm 1: without the S_churn that configs/moons_edm.yaml now
+ships) at several steps and several sigma_max, scored by the binned chi-square (metrics.distances.histogram_chi2)
+of 20,000 samples against independent draws of the data, as a ratio to the floor (exact draws against the same
+reference), mean and standard deviation over seeds.
 
     python notes/experiments/exp_006/measure.py CHECKPOINT [CHECKPOINT ...] > table.md
 """
@@ -47,7 +48,9 @@ def main() -> None:
                 ratios = []
                 for s in range(args.seeds):
                     generator = torch.Generator().manual_seed(s)
-                    x = model.sample(N, num_inference_steps=steps, sampler="heun", generator=generator)
+                    x = model.sample(
+                        N, num_inference_steps=steps, sampler="heun", generator=generator, sampler_kwargs={}
+                    )
                     ratios.append(histogram_chi2(standardized(x.float(), mean, std), refs[s]) / floor.mean())
                 ratios = torch.stack(ratios)
                 print(
