@@ -113,8 +113,17 @@ class VP(Formulation):
             )
         if sampler in self.own_samplers:
             super().check_sampler(sampler, sampler_kwargs, num_inference_steps)
-        else:
-            self.make_sampler(sampler, sampler_kwargs, image_like=False)
+            return
+        made = self.make_sampler(sampler, sampler_kwargs, image_like=False)
+        try:  # the step loop on one number: its timesteps and indexing, not a model (milliseconds)
+            diffusion.sample(lambda x, t: torch.zeros_like(x), made, torch.zeros(1, 1), num_inference_steps)
+        except (IndexError, RuntimeError) as error:
+            options = sampler_kwargs or "its defaults"
+            raise ValueError(
+                f"{sampler} cannot take {num_inference_steps} steps over this schedule with {options} (diffusers: "
+                f"{type(error).__name__}: {error}): choose other steps or sampler_kwargs (e.g. without "
+                "use_karras_sigmas), or another sampler."
+            ) from None
 
     def make_sampler(self, name: str, sampler_kwargs: dict[str, Any] | None, image_like: bool):
         """A diffusers sampler over this schedule: see samplers.build_sampler."""

@@ -95,6 +95,7 @@ def oracle_model(prediction_type: str, sampler: str, sample_shape: tuple, schedu
         scheduler=scheduler,
         prediction_type=prediction_type,
         sampler=sampler,
+        num_inference_steps=STEPS.get(sampler, 50),  # multistep solvers cannot take the default 1000
         sample_shape=sample_shape,
     )
 

@@ -41,9 +41,8 @@ def make_module(**kwargs) -> DiffusionModule:
     num_classes = kwargs.pop("num_classes", None)
     return DiffusionModule(
         denoiser=MLPDenoiser(num_classes=num_classes, hidden_dim=32, num_blocks=1),
-        scheduler=SCHEDULER,
         num_classes=num_classes,
         data_mean=[1.0, -2.0],
         data_std=[2.0, 0.5],
-        **kwargs,
+        **{"scheduler": SCHEDULER} | kwargs,
     )

@@ -64,3 +64,20 @@ def test_val_sampler_kwargs_reach_the_metrics_sampler_only():
     )
     with pytest.raises(ValueError, match="val_sampler_kwargs=.*algorithm_type"):
         make_module(val_sampler="DPMSolverMultistepScheduler", val_sampler_kwargs={"algorithm_type": "nope"})
+
+
+def test_a_sampler_that_cannot_step_its_schedule_is_one_sentence_before_training():
+    """SDE-DPM-Solver++ with Karras sigmas over a cosine schedule repeats timesteps (46 distinct of 100) and
+    diffusers' step then indexes past its sigmas (IndexError): found when the first validation of a full fit
+    crashed. The module refuses it when built, as the model's sampler and as the metrics' own."""
+    from diffusers import DDPMScheduler
+
+    cosine = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    karras = {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+    sampler = {"sampler": "DPMSolverMultistepScheduler", "num_inference_steps": 100, "sampler_kwargs": karras}
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler cannot take 100 steps over this schedule"):
+        make_module(**sampler | {"scheduler": cosine})
+    metric = {"val_sampler": "DPMSolverMultistepScheduler", "val_num_inference_steps": 100}
+    with pytest.raises(ValueError, match="val_sampler='DPMSolverMultistepScheduler'.*cannot take 100 steps"):
+        make_module(**metric | {"val_sampler_kwargs": karras, "scheduler": cosine})
+    make_module(**sampler)  # the same sampler over the linear schedule steps
