@@ -83,20 +83,19 @@ def ancestral_sampler(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Ancestral:
-    """Options of the `ancestral` sampler: eta (`ancestral_sampler`; 1: DDPM's posterior, 0: Euler's step) and the
-    shift of its time grid (`time_grid`; by default the formulation's)."""
-
-    eta: float = 1.0
-    shift: float | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
 class TimeShift:
     """Options of the `euler`, `heun` and `midpoint` samplers: the shift of their time grid (`time_grid`; 1: uniform
     in t; None: the formulation's `shift`)."""
 
     shift: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ancestral(TimeShift):
+    """Options of the `ancestral` sampler: its time grid's shift (as TimeShift) and eta (`ancestral_sampler`; 1:
+    DDPM's posterior, 0: Euler's step)."""
+
+    eta: float = 1.0
 
 
 class FlowMatching(Formulation):
